@@ -1,0 +1,67 @@
+# Ticketing — the two commands a newcomer needs are `make dev` and `make test`.
+#
+# Cargo honours CARGO_TARGET_DIR if set. The `dev` launcher finds the service
+# binaries next to its own executable, so it is always started through
+# `cargo run` (which runs it from the target dir it was built into).
+
+CARGO ?= cargo
+DEV := $(CARGO) run -q -p devstack --bin dev --
+
+.DEFAULT_GOAL := help
+.PHONY: help dev test bench check-deploy fuzz build fmt lint clean-dev bootstrap
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+bootstrap: ## Install local infrastructure into .dev/ (idempotent, fast on re-run)
+	@bash scripts/bootstrap.sh
+
+dev: bootstrap ## Run the fleet locally behind http://localhost:8080 (Ctrl-C stops it; ARGS="--skip a,b")
+	$(CARGO) build --workspace --bins
+	$(DEV) up $(ARGS)
+
+# The tests run against throwaway infrastructure that `dev infra` starts, unless
+# TEST_MONGO_URI, TEST_NATS_URL and TEST_REDIS_URL are all set (CI's mongo:7,
+# NATS and redis:7 containers): then against those (and TEST_STRIPE_API_BASE).
+TEST_INFRA = $(if $(and $(TEST_MONGO_URI),$(TEST_NATS_URL),$(TEST_REDIS_URL)),,$(DEV) infra --)
+
+test: bootstrap check-deploy ## Build everything and run all tests against ephemeral infrastructure
+	$(CARGO) build --workspace --bins --tests
+	$(TEST_INFRA) $(CARGO) test --workspace
+	$(DEV) fleet --expiration-window 10 -- node --test --test-concurrency=1 tests/browser/*.test.mjs
+	$(FUZZ)
+
+# schemathesis against every API service's /openapi.json, through the ingress of
+# a fleet of its own; about a minute (FUZZ_MAX_EXAMPLES per operation and phase,
+# default 100). Reports in .dev/fuzz/.
+FUZZ = $(DEV) fleet -- .dev/venv/bin/python tests/fuzz/run.py
+
+fuzz: bootstrap ## Fuzz every API route through the ingress: no 5xx, every 4xx in the errors shape
+	$(CARGO) build --workspace --bins
+	$(FUZZ)
+
+# The release fleet on ephemeral infrastructure, measured by tools/bench (the
+# binaries it measures are the ones built next to it). The report is printed
+# and saved to bench-results/report.md and .json; BENCH_* knobs in
+# tools/bench/src/main.rs.
+bench: bootstrap ## Measure the release fleet: throughput, latency, propagation, expiry, races, memory, start-up
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run -q --release -p bench
+
+check-deploy: bootstrap ## Offline checks of infra/k8s, skaffold.yaml, Dockerfile.template and .github/
+	$(CARGO) build --workspace --bins
+	.dev/venv/bin/python infra/checks/check_deploy.py
+	.dev/venv/bin/python -m unittest discover --start-directory infra/checks --pattern 'test_*.py'
+
+build: ## Build all binaries
+	$(CARGO) build --workspace --bins
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## Check formatting and clippy (warnings are errors)
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean-dev: ## Delete local dev data (.dev/data: databases, streams); `rm -rf .dev` removes the tools too
+	rm -rf .dev/data

@@ -1,0 +1,39 @@
+//! The shared kernel of the Ticketing fleet.
+//!
+//! Every service is a thin axum binary over a library; what they all need lives
+//! here so that it is written once:
+//!
+//! - [`error`]: the one error type and its `{"errors":[…]}` JSON form, including
+//!   axum's own rejections, plus the extractors that map them ([`error::Json`],
+//!   [`error::Id`]).
+//! - [`session`]: the `session` cookie (base64 of `{"jwt":…}`, compatible with the
+//!   original Node app), the JWT codec and the current-user extractors.
+//! - [`events`]: the typed event catalogue, one Rust type per subject;
+//!   [`money`]: integer cents that travel as a JSON number.
+//! - [`bus`]: NATS JetStream: the stream, a publisher with deterministic message
+//!   ids, and the listener runner that owns the consume loop.
+//! - [`config`], [`telemetry`], [`health`], [`server`]: typed settings from the
+//!   environment, logs with a request id, `/healthz` + `/readyz`, and serving
+//!   with graceful shutdown.
+//! - [`mongo`]: connecting, readiness, and the duplicate-key helper.
+//! - [`outbox`]: no lost events — the event is written in the same document
+//!   as the change, and a relay publishes it.
+//! - [`metrics`]: Prometheus metrics on `GET /metrics`, recorded once here for
+//!   every service (requests per route, events per consumer, outbox backlog);
+//!   [`openapi`]: what each API service's `GET /openapi.json` is built from.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod money;
+pub mod mongo;
+pub mod openapi;
+pub mod outbox;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,119 @@
+//! The outbox relay against a real MongoDB-wire server and NATS JetStream.
+
+use std::time::Duration;
+
+use common::{
+    bus::Bus,
+    events::{TicketCreated, TicketUpdated},
+    money::Money,
+    outbox::{self, Relay},
+};
+use mongodb::bson::{Document, doc, oid::ObjectId};
+use tokio_util::sync::CancellationToken;
+
+fn ticket_created(id: ObjectId) -> TicketCreated {
+    TicketCreated {
+        id: id.to_hex(),
+        version: 0,
+        title: "concert".into(),
+        price: Money::from_cents(1000),
+        user_id: ObjectId::new().to_hex(),
+    }
+}
+
+fn ticket_updated(id: ObjectId, version: i64) -> TicketUpdated {
+    TicketUpdated {
+        id: id.to_hex(),
+        version,
+        title: "concert".into(),
+        price: Money::from_cents(1000 + version),
+        user_id: ObjectId::new().to_hex(),
+        order_id: None,
+    }
+}
+
+async fn setup() -> (Bus, mongodb::Collection<Document>) {
+    let bus = Bus::connect(testkit::bus_config()).await.expect("bus");
+    let collection = testkit::database("outbox")
+        .await
+        .collection::<Document>("records");
+    (bus, collection)
+}
+
+#[tokio::test]
+async fn entries_written_while_no_relay_ran_are_published_by_the_next_one_in_order() {
+    let (bus, collection) = setup().await;
+    let id = ObjectId::new();
+    // The write a crashed service left behind: state and events, never published.
+    let created = outbox::OutboxEvent::of(&ticket_created(id))
+        .unwrap()
+        .to_bson()
+        .unwrap();
+    let updated = outbox::OutboxEvent::of(&ticket_updated(id, 1))
+        .unwrap()
+        .to_bson()
+        .unwrap();
+    collection
+        .insert_one(doc! { "_id": id, "version": 1, "outbox": [created, updated] })
+        .await
+        .unwrap();
+    assert!(testkit::published::<TicketCreated>(&bus).await.is_empty());
+
+    let (relay, _outbox) = Relay::new(bus.clone(), collection.clone());
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+
+    let created = testkit::wait_for_published::<TicketCreated>(&bus, 1).await;
+    let updated = testkit::wait_for_published::<TicketUpdated>(&bus, 1).await;
+    assert_eq!(
+        (created[0].id.as_str(), updated[0].version),
+        (id.to_hex().as_str(), 1)
+    );
+
+    let cleared = testkit::eventually(Duration::from_secs(5), || async {
+        let document = collection.find_one(doc! { "_id": id }).await.ok()??;
+        document.get_array("outbox").ok()?.is_empty().then_some(())
+    })
+    .await;
+    assert!(cleared.is_some(), "published entries must leave the outbox");
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_hint_publishes_at_once_and_a_republish_is_stored_once() {
+    let (bus, collection) = setup().await;
+    let (relay, outbox) = Relay::new(bus.clone(), collection.clone());
+    // A long scan interval: only the hint can explain a quick publish.
+    let relay = relay.scan_every(Duration::from_secs(3600));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let id = ObjectId::new();
+    let entry = outbox::OutboxEvent::of(&ticket_created(id))
+        .unwrap()
+        .to_bson()
+        .unwrap();
+    collection
+        .insert_one(doc! { "_id": id, "outbox": [entry.clone()] })
+        .await
+        .unwrap();
+    outbox.wake(id);
+    testkit::wait_for_published::<TicketCreated>(&bus, 1).await;
+
+    // A relay that died after publishing but before clearing: the entry comes back.
+    collection
+        .update_one(doc! { "_id": id }, doc! { "$push": { "outbox": entry } })
+        .await
+        .unwrap();
+    outbox.wake(id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        testkit::published::<TicketCreated>(&bus).await.len(),
+        1,
+        "the duplicate must be dropped by its message id"
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -1,0 +1,268 @@
+//! The local ingress: a streaming HTTP/1.1 reverse proxy that routes exactly
+//! like the Kubernetes ingress, by [`crate::routes`].
+//!
+//! For each request it picks the service from the path, then forwards method,
+//! path and query, headers (cookies included) and the body — streamed both
+//! ways, never buffered — to that service's local address. It behaves like
+//! ingress-nginx where it matters to the services and the browser client:
+//!
+//! - `Host` is passed through unchanged; `X-Forwarded-For` / `X-Real-IP` are
+//!   set to the client address (not appended: like ingress-nginx without
+//!   `use-forwarded-headers`, a client cannot forge them), `X-Forwarded-Proto`
+//!   is `http`, `X-Forwarded-Host` the original host, `X-Forwarded-Port` the
+//!   ingress port, and `X-Request-ID` is kept or generated.
+//! - Hop-by-hop headers are dropped; everything else, including several
+//!   `Set-Cookie` headers, is passed through as is.
+//! - A service with no upstream address answers 503, one that can't be reached
+//!   502, both with the fleet's error body
+//!   `{"errors":[{"message":"Service unavailable"}]}`.
+//!
+//! Upstream connections are kept alive and pooled (the ingress sits on the hot
+//! path of the benchmarks). [`serve`] takes a shutdown future: on shutdown it
+//! stops accepting, lets in-flight requests finish (bounded), and returns.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::routes::{self, RouteTable};
+
+/// The body type of the ingress's responses: a streamed upstream body or a
+/// small error body.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// How long in-flight requests may take to finish after shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The error body for an unreachable service.
+const UNAVAILABLE_BODY: &str = r#"{"errors":[{"message":"Service unavailable"}]}"#;
+
+/// Serves the ingress on `listener` until `shutdown` resolves, routing to
+/// `upstreams` (service name → local address) by the fleet's routing table.
+pub async fn serve<F>(
+    listener: TcpListener,
+    upstreams: HashMap<String, SocketAddr>,
+    shutdown: F,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    let proxy = Arc::new(Proxy::new(routes::table(), upstreams));
+    let local_port = listener.local_addr()?.port();
+    let graceful = GracefulShutdown::new();
+    let mut server = http1::Builder::new();
+    server.timer(TokioTimer::new()).keep_alive(true);
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // e.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "ingress: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let service = service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.forward(request, remote, local_port).await) }
+        });
+        let connection = graceful.watch(server.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %remote, "ingress: connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ingress: in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    Ok(())
+}
+
+/// Routing plus a pooled upstream client.
+struct Proxy {
+    table: &'static RouteTable,
+    upstreams: HashMap<String, SocketAddr>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Proxy {
+    fn new(table: &'static RouteTable, upstreams: HashMap<String, SocketAddr>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            table,
+            upstreams,
+            client,
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        remote: SocketAddr,
+        local_port: u16,
+    ) -> Response<ProxyBody> {
+        let service = self.table.service_for(request.uri().path());
+        let Some(upstream) = self.upstreams.get(service) else {
+            return unavailable(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str());
+        let Ok(uri) = format!("http://{upstream}{path_and_query}").parse::<Uri>() else {
+            return plain(StatusCode::BAD_REQUEST, "Bad request target");
+        };
+
+        // The host the client asked for: the Host header, or the authority of an
+        // absolute-form request target.
+        let host = request.headers().get(header::HOST).cloned().or_else(|| {
+            let authority = request.uri().authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        let headers = request.headers_mut();
+        remove_hop_by_hop(headers);
+        set_forwarded(headers, remote, host, local_port);
+
+        match self.client.request(request).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(error) => {
+                tracing::warn!(service, %upstream, error = %error_chain(&error), "ingress: upstream unreachable");
+                unavailable(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn set_forwarded(
+    headers: &mut HeaderMap,
+    remote: SocketAddr,
+    host: Option<HeaderValue>,
+    port: u16,
+) {
+    let client_ip = HeaderValue::from_str(&remote.ip().to_string()).ok();
+    if let Some(ip) = client_ip {
+        headers.insert("x-forwarded-for", ip.clone());
+        headers.insert("x-real-ip", ip);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-port", HeaderValue::from(port));
+    match host {
+        Some(host) => {
+            headers.insert("x-forwarded-host", host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+    if !headers.contains_key("x-request-id") {
+        let id: u128 = rand::random();
+        if let Ok(id) = HeaderValue::from_str(&format!("{id:032x}")) {
+            headers.insert("x-request-id", id);
+        }
+    }
+}
+
+fn unavailable(status: StatusCode) -> Response<ProxyBody> {
+    let mut response = Response::new(full(UNAVAILABLE_BODY));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+fn plain(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(message));
+    *response.status_mut() = status;
+    response
+}
+
+fn full(text: &'static str) -> ProxyBody {
+    Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// `error: cause: cause` — hyper's top-level client errors say little alone.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

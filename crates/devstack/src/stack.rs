@@ -1,0 +1,112 @@
+//! The whole fleet on one machine: ephemeral infrastructure, every service,
+//! and the local ingress in front of them — what fleet-level and browser
+//! tests drive, only over HTTP, as a browser would.
+//!
+//! Each [`Stack`] has its own NATS, MongoDB-wire server, Redis and Stripe
+//! fake, so stacks never share a JetStream stream or a durable consumer and
+//! can run side by side.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{Fleet, FleetOptions, Infra, InfraOptions, ingress};
+
+/// A running stack. Stop it with [`Stack::stop`]; dropping it kills
+/// everything.
+#[derive(Debug)]
+pub struct Stack {
+    infra: Infra,
+    fleet: Option<Fleet>,
+    base_url: String,
+    stop_ingress: watch::Sender<bool>,
+    ingress: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    /// Starts infrastructure, the services named in `only` (all when empty)
+    /// with the extra environment `env` (e.g. `EXPIRATION_WINDOW_SECONDS`),
+    /// and the ingress on a free port; returns when every service is ready.
+    pub async fn start(only: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let infra = Infra::start(InfraOptions::ephemeral().with_stripe())
+            .await
+            .context("failed to start the infrastructure")?;
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("failed to bind the ingress")?;
+        let base_url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+
+        let mut options = FleetOptions::new(infra.endpoints().clone())?;
+        if !only.is_empty() {
+            options = options.only(only);
+        }
+        options.api_base_url = Some(base_url.clone());
+        options.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        options.ready_timeout = Duration::from_secs(60);
+        // The web client is ready only once the API answers through the
+        // ingress, so the ingress goes up before the fleet is waited for.
+        let fleet = Fleet::spawn(options)?;
+        let (stop_ingress, mut stopped) = watch::channel(false);
+        let ingress = tokio::spawn(ingress::serve(listener, fleet.upstreams(), async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        let stack = Self {
+            infra,
+            fleet: Some(fleet),
+            base_url,
+            stop_ingress,
+            ingress: Some(ingress),
+        };
+        if let Err(error) = stack.fleet().wait_ready().await {
+            let _ = stack.stop().await;
+            return Err(error.context("the fleet did not become ready"));
+        }
+        Ok(stack)
+    }
+
+    /// The ingress: `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn infra(&self) -> &Infra {
+        &self.infra
+    }
+
+    /// For fault injection: restart NATS or the MongoDB-wire server (same
+    /// port, same data) with [`Infra::restart_server`].
+    pub fn infra_mut(&mut self) -> &mut Infra {
+        &mut self.infra
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        self.fleet
+            .as_ref()
+            .expect("the fleet runs until the stack stops")
+    }
+
+    /// For fault injection: kill, stop, start or restart one service.
+    pub fn fleet_mut(&mut self) -> &mut Fleet {
+        self.fleet
+            .as_mut()
+            .expect("the fleet runs until the stack stops")
+    }
+
+    /// Stops the ingress, the services (with time to drain), then the
+    /// infrastructure.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop_ingress.send(true);
+        if let Some(ingress) = self.ingress.take() {
+            let _ = ingress.await;
+        }
+        let fleet = self.fleet.take().map(Fleet::stop);
+        if let Some(stopping) = fleet {
+            stopping.await?;
+        }
+        self.infra.stop().await
+    }
+}

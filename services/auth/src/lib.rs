@@ -1,0 +1,133 @@
+//! The auth service: `/api/users` — sign up, sign in, sign out, who am I.
+//!
+//! It owns the `users` collection and is the only service that knows
+//! passwords. It issues the session cookie that every other service verifies
+//! on its own (see `common::session`); nobody calls auth at request time.
+//!
+//! - [`routes::users`]: the four routes and their rules.
+//! - [`store`]: the user documents and the unique index on email.
+//! - [`password`]: argon2id hashing off the async runtime.
+
+pub mod password;
+pub mod routes;
+pub mod store;
+
+use std::time::Duration;
+
+use axum::{Router, extract::FromRef};
+use common::{
+    config::{ConfigError, Env, Secret},
+    health::{self, Ready},
+    mongo, openapi, server,
+    session::Sessions,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Everything auth reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub mongo_uri: String,
+    pub jwt_key: Secret,
+    /// Local development: readable logs, cookies without `Secure`.
+    pub development: bool,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        env.log_filter();
+        Ok(Self {
+            port: env.port()?,
+            mongo_uri: env.required("MONGO_URI")?,
+            jwt_key: Secret::new(env.required("JWT_KEY")?),
+            development: env.development(),
+        })
+    }
+}
+
+/// The state every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub users: store::Users,
+    pub sessions: Sessions,
+}
+
+impl FromRef<AppState> for Sessions {
+    fn from_ref(state: &AppState) -> Self {
+        state.sessions.clone()
+    }
+}
+
+impl Ready for AppState {
+    async fn check(&self) -> Result<(), Vec<&'static str>> {
+        health::collect(&[("mongo", mongo::ping(self.users.database()).await.is_ok())])
+    }
+}
+
+/// The complete router: the documented routes with `/openapi.json`, the
+/// probes and the fleet's common layers (with `/metrics`).
+pub fn app(state: AppState) -> Router {
+    server::finish(
+        Router::new()
+            .merge(openapi::serve(api()))
+            .merge(health::routes())
+            .with_state(state),
+    )
+}
+
+/// The HTTP API: its routes and their OpenAPI description, from the same code.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::document(
+        "auth",
+        env!("CARGO_PKG_VERSION"),
+        "Ticketing's users: sign up, sign in, sign out, and who is signed in. Sign-up and sign-in \
+         set the `session` cookie every service of the fleet accepts.",
+    ))
+    .merge(routes::users::router())
+}
+
+/// A built service, bound to its port and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Connects to the database, makes sure the indexes exist and binds the
+    /// port (`0` picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = mongo::connect(&settings.mongo_uri, "auth").await?;
+        let users = store::Users::new(db);
+        users.ensure_indexes().await?;
+        let state = AppState {
+            users,
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+        };
+        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
+        Ok(Self {
+            listener,
+            router: app(state),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(port = self.port(), "auth listening");
+        server::serve(
+            self.listener,
+            self.router,
+            shutdown,
+            Duration::from_secs(20),
+        )
+        .await
+    }
+}

@@ -1,0 +1,28 @@
+//! `GET /openapi.json` describes exactly the routes auth serves.
+
+use auth::{Application, Settings};
+use common::config::Secret;
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
+    let settings = Settings {
+        port: 0,
+        mongo_uri: testkit::mongo_uri("auth"),
+        jwt_key: Secret::new(testkit::JWT_KEY),
+        development: false,
+    };
+    let app = Application::build(settings)
+        .await
+        .expect("auth failed to start");
+    let app = testkit::start(app.port(), |stop| app.run_until(stop));
+    testkit::assert_openapi_lists_exactly(
+        &app,
+        &[
+            ("POST", "/api/users/signup"),
+            ("POST", "/api/users/signin"),
+            ("POST", "/api/users/signout"),
+            ("GET", "/api/users/currentuser"),
+        ],
+    )
+    .await;
+}

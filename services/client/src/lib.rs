@@ -1,0 +1,148 @@
+//! The web client: server-rendered HTML pages for buyers and sellers.
+//!
+//! It owns no data. Every page is rendered from the fleet's public API,
+//! called through the same ingress the browser uses (`API_BASE_URL`) with the
+//! visitor's own `Cookie` header, so each API service checks the session just
+//! as it would for a browser; the `Set-Cookie` answers of sign-up, sign-in and
+//! sign-out are relayed back. The client never sees `JWT_KEY` and never calls
+//! a service's private address.
+//!
+//! - [`api`]: the API client, its models and what the visitor's request
+//!   forwards ([`api::Visitor`]).
+//! - [`pages`]: the page layout, form errors, the friendly error pages and
+//!   the sign-in redirect.
+//! - [`routes`]: one module per area (`auth`, `tickets`, `orders`); forms are
+//!   plain POSTs answered with a redirect (PRG), or the form again with the
+//!   API's messages next to their fields.
+//! - [`assets`]: the CSS and the small script (countdown, card form), built
+//!   into the binary and served under `/assets/`: pages render offline.
+
+pub mod api;
+pub mod assets;
+pub mod pages;
+pub mod routes;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, middleware};
+use common::{
+    config::{ConfigError, Env},
+    health::{self, Ready},
+    server,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the client reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    /// The ingress the APIs are reached through (`http://127.0.0.1:8080`
+    /// locally, the ingress controller's service in a cluster).
+    pub api_base_url: String,
+    /// Stripe's publishable key; without it the order page offers
+    /// "Pay with test card" (`tok_visa`) instead of Stripe's card form.
+    pub stripe_publishable_key: Option<String>,
+    /// Local development: readable logs.
+    pub development: bool,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        env.log_filter();
+        let api_base_url = env.required("API_BASE_URL")?;
+        let stripe_publishable_key = env.optional("STRIPE_PUBLISHABLE_KEY");
+        let settings = Self {
+            port: env.port()?,
+            api_base_url: api_base_url.trim().trim_end_matches('/').to_owned(),
+            stripe_publishable_key,
+            development: env.development(),
+        };
+        api::check_base_url(&settings.api_base_url).map_err(|reason| ConfigError::Invalid {
+            name: "API_BASE_URL",
+            reason,
+        })?;
+        Ok(settings)
+    }
+}
+
+/// The state every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub api: api::ApiClient,
+    pub stripe_publishable_key: Option<Arc<str>>,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            api: api::ApiClient::new(&settings.api_base_url)?,
+            stripe_publishable_key: settings.stripe_publishable_key.as_deref().map(Arc::from),
+        })
+    }
+}
+
+impl Ready for AppState {
+    async fn check(&self) -> Result<(), Vec<&'static str>> {
+        health::collect(&[("api", self.api.ping().await.is_ok())])
+    }
+}
+
+/// The complete router: pages, assets, probes and the fleet's common layers,
+/// with HTML answers for unknown pages and panics.
+pub fn app(state: AppState) -> Router {
+    server::layers(
+        Router::new()
+            .merge(routes::router())
+            .merge(assets::router())
+            .merge(health::routes())
+            .fallback(pages::not_found)
+            .method_not_allowed_fallback(pages::not_found)
+            .layer(middleware::from_fn(pages::sign_in_redirect))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                pages::panic_page,
+            ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                pages::security_headers,
+            ))
+            .with_state(state),
+    )
+}
+
+/// A built client, bound to its port and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Binds the port (`0` picks a free one); the API is not called yet.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let state = AppState::new(&settings)?;
+        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
+        Ok(Self {
+            listener,
+            router: app(state),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(port = self.port(), "client listening");
+        server::serve(
+            self.listener,
+            self.router,
+            shutdown,
+            Duration::from_secs(20),
+        )
+        .await
+    }
+}

@@ -1,0 +1,219 @@
+//! The orders service: `/api/orders` — buy a ticket, see and cancel orders —
+//! and what happens to orders when tickets change, reservations expire and
+//! payments arrive.
+//!
+//! It owns the `orders` collection and keeps a replica of the tickets it may
+//! sell (`tickets`), fed by the tickets service's events; it never reads
+//! another service's database.
+//!
+//! - [`routes::orders`]: the four routes and their rules.
+//! - [`store`]: the order and ticket documents; the unique index that lets
+//!   exactly one order hold a ticket; the compare-and-set transitions that
+//!   write their events into the order's outbox.
+//! - [`events`]: the listeners for `ticket.created`, `ticket.updated`,
+//!   `expiration.complete` and `payment.created`.
+//!
+//! [`Application`] wires it up: the HTTP server, the four listeners and the
+//! outbox relay that publishes `order.created` / `order.cancelled`, all
+//! stopped by one shutdown token.
+
+pub mod events;
+pub mod routes;
+pub mod store;
+
+use std::time::Duration;
+
+use axum::{Router, extract::FromRef};
+use common::{
+    bus::{Bus, BusConfig},
+    config::{ConfigError, Env, Secret},
+    health::{self, Ready},
+    mongo, openapi,
+    outbox::Relay,
+    server,
+    session::Sessions,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+
+use store::{Orders, Tickets};
+
+/// Everything orders reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub mongo_uri: String,
+    pub bus: BusConfig,
+    pub jwt_key: Secret,
+    /// Local development: readable logs, cookies without `Secure`.
+    pub development: bool,
+    /// How long an order holds its ticket (`EXPIRATION_WINDOW_SECONDS`,
+    /// default 15 minutes).
+    pub expiration_window: Duration,
+    /// Whether this process publishes the outbox. Always `true` from the
+    /// environment; tests turn it off to play a crash between the write and
+    /// the publish.
+    pub outbox_relay: bool,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        env.log_filter();
+        Ok(Self {
+            port: env.port()?,
+            mongo_uri: env.required("MONGO_URI")?,
+            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("orders"),
+            jwt_key: Secret::new(env.required("JWT_KEY")?),
+            development: env.development(),
+            expiration_window: Duration::from_secs(env.parse_or("EXPIRATION_WINDOW_SECONDS", 900)?),
+            outbox_relay: true,
+        })
+    }
+}
+
+/// The state every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub orders: Orders,
+    pub tickets: Tickets,
+    pub sessions: Sessions,
+    pub bus: Bus,
+    pub database: mongodb::Database,
+    pub expiration_window: Duration,
+}
+
+impl FromRef<AppState> for Sessions {
+    fn from_ref(state: &AppState) -> Self {
+        state.sessions.clone()
+    }
+}
+
+impl Ready for AppState {
+    async fn check(&self) -> Result<(), Vec<&'static str>> {
+        health::collect(&[
+            ("mongo", mongo::ping(&self.database).await.is_ok()),
+            ("nats", self.bus.is_ready()),
+        ])
+    }
+}
+
+/// The complete router: the documented routes with `/openapi.json`, the
+/// probes and the fleet's common layers (with `/metrics`).
+pub fn app(state: AppState) -> Router {
+    server::finish(
+        Router::new()
+            .merge(openapi::serve(api()))
+            .merge(health::routes())
+            .with_state(state),
+    )
+}
+
+/// The HTTP API: its routes and their OpenAPI description, from the same code.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::document(
+        "orders",
+        env!("CARGO_PKG_VERSION"),
+        "Ticketing's orders: buy a ticket (it is reserved for the expiration window), \
+         see and cancel your orders.",
+    ))
+    .merge(routes::orders::router())
+}
+
+/// A built service, bound to its port and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    relay: Option<Relay>,
+}
+
+impl Application {
+    /// Connects to the database and NATS, makes sure the indexes and the
+    /// stream exist, and binds the port (`0` picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let database = mongo::connect(&settings.mongo_uri, "orders").await?;
+        let bus = Bus::connect(settings.bus.clone()).await?;
+        let (relay, outbox) = Relay::new(bus.clone(), Orders::raw_collection(&database));
+        let orders = Orders::new(&database, outbox);
+        orders.ensure_indexes().await?;
+        let state = AppState {
+            orders,
+            tickets: Tickets::new(&database),
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+            bus,
+            database,
+            expiration_window: settings.expiration_window,
+        };
+        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
+        Ok(Self {
+            listener,
+            state,
+            relay: settings.outbox_relay.then_some(relay),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves, listens and relays until `shutdown` is cancelled; then drains
+    /// in-flight requests, finishes the messages in hand and stops.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // A child token, so that a failed start stops whatever already runs
+        // without cancelling the caller's token.
+        let stop = shutdown.child_token();
+        let port = self.port();
+        let mut background = JoinSet::new();
+        if let Some(relay) = self.relay {
+            background.spawn(relay.run(stop.clone()));
+        }
+        let state = &self.state;
+        if let Err(err) = events::listen(
+            &state.bus,
+            &state.orders,
+            &state.tickets,
+            &mut background,
+            &stop,
+        )
+        .await
+        {
+            stop.cancel();
+            while background.join_next().await.is_some() {}
+            return Err(err);
+        }
+        tracing::info!(port, "orders listening");
+        server::run(self.listener, app(self.state), background, stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_read_the_documented_variables_with_their_defaults() {
+        let env = Env::recording();
+        let settings = Settings::from_env(&env).unwrap();
+        assert_eq!(settings.port, 3000);
+        assert_eq!(settings.expiration_window, Duration::from_secs(900));
+        assert!(settings.outbox_relay, "the relay always runs outside tests");
+        assert!(!settings.development);
+        let mut read = env.recorded();
+        read.sort();
+        assert_eq!(
+            read,
+            [
+                ("APP_ENV", false),
+                ("EXPIRATION_WINDOW_SECONDS", false),
+                ("JWT_KEY", true),
+                ("MONGO_URI", true),
+                ("NATS_URL", true),
+                ("PORT", false),
+                ("RUST_LOG", false),
+            ]
+        );
+    }
+}

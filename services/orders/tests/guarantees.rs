@@ -1,0 +1,177 @@
+//! The guarantees the original did not have (DESIGN §4, §7): exactly one
+//! order per ticket enforced by the database, and no event lost when the
+//! service dies between its write and its publish.
+
+mod support;
+
+use std::{collections::HashSet, time::Duration};
+
+use chrono::Utc;
+use common::events::{OrderCancelled, OrderCreated, OrderStatus};
+use common::money::Money;
+use mongodb::bson::{doc, oid::ObjectId};
+use orders::store::{Cancellation, CreateError, Order};
+use support::{oid, settings, spawn_orders, spawn_with};
+
+#[tokio::test]
+async fn fifty_buyers_racing_for_one_ticket_get_exactly_one_order() {
+    let orders = spawn_orders().await;
+    let ticket = orders.seed_ticket("final", 50_000).await;
+
+    let attempts = (0..50).map(|_| {
+        let cookie = testkit::signin_as(&ObjectId::new().to_hex(), "buyer@test.com");
+        let orders = &orders;
+        let ticket_id = ticket.id.clone();
+        async move { orders.order_ticket(&cookie, &ticket_id).await }
+    });
+    let replies = futures::future::join_all(attempts).await;
+
+    let winners: Vec<_> = replies.iter().filter(|r| r.status == 201).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "statuses: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for loser in replies.iter().filter(|r| r.status != 201) {
+        loser.assert_error(400, "Ticket is already reserved");
+    }
+    let stored = orders
+        .db
+        .collection::<Order>("orders")
+        .count_documents(doc! { "ticketId": oid(&ticket.id) })
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+
+    let created = testkit::wait_for_published::<OrderCreated>(&orders.bus, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let created_later = testkit::published::<OrderCreated>(&orders.bus).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created_later.len(), 1);
+    assert_eq!(created[0].id, winners[0].body["id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn after_a_cancel_the_ticket_can_be_ordered_again() {
+    let orders = spawn_orders().await;
+    let ticket = orders.seed_ticket("concert", 2000).await;
+    let first_buyer = testkit::signin();
+    let first = orders.create_order(&first_buyer, &ticket.id).await;
+    orders
+        .app
+        .delete(&format!("/api/orders/{first}"), Some(&first_buyer))
+        .await
+        .assert_status(204);
+
+    let second = orders.create_order(&testkit::signin(), &ticket.id).await;
+    orders
+        .order_ticket(&testkit::signin(), &ticket.id)
+        .await
+        .assert_error(400, "Ticket is already reserved");
+
+    let created = testkit::wait_for_published::<OrderCreated>(&orders.bus, 2).await;
+    let ids: HashSet<_> = created.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, HashSet::from([first.clone(), second.clone()]));
+    let cancelled = testkit::wait_for_published::<OrderCancelled>(&orders.bus, 1).await;
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].id, first);
+}
+
+#[tokio::test]
+async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
+    // The store against the server directly: the unique sparse index, not
+    // any check in the code, is what says no.
+    let orders = spawn_orders().await;
+    let store = orders.orders();
+    let ticket = ObjectId::new();
+    let expires = Utc::now() + Duration::from_secs(60);
+    let price = Money::from_cents(100);
+
+    let first = Order::new("u1", ticket, expires);
+    store.create(&first, price).await.unwrap();
+    let second = Order::new("u2", ticket, expires);
+    assert!(matches!(
+        store.create(&second, price).await,
+        Err(CreateError::TicketReserved)
+    ));
+
+    // Cancelled orders leave the index: any number of them can sit next to
+    // the one active order.
+    let mut current = first;
+    for n in 0..3 {
+        assert!(
+            matches!(
+                store.cancel(current).await.unwrap(),
+                Cancellation::Cancelled(_)
+            ),
+            "cancel {n}"
+        );
+        let next = Order::new("u3", ticket, expires);
+        store
+            .create(&next, price)
+            .await
+            .unwrap_or_else(|e| panic!("reorder {n}: {e}"));
+        current = next;
+    }
+    let active = orders
+        .db
+        .collection::<Order>("orders")
+        .count_documents(
+            doc! { "ticketId": ticket, "status": { "$ne": OrderStatus::Cancelled.as_str() } },
+        )
+        .await
+        .unwrap();
+    assert_eq!(active, 1);
+    // A different ticket is not affected.
+    store
+        .create(&Order::new("u2", ObjectId::new(), expires), price)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_order_created_before_a_crash_is_published_after_the_restart_exactly_once() {
+    let mut crashing = settings();
+    crashing.outbox_relay = false;
+    let orders = spawn_with(crashing.clone()).await;
+    let ticket = orders.seed_ticket("concert", 2000).await;
+    let id = orders.create_order(&testkit::signin(), &ticket.id).await;
+
+    // "Crash": the order is written, its event never left.
+    orders.app.shutdown().cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        testkit::published::<OrderCreated>(&orders.bus)
+            .await
+            .is_empty()
+    );
+
+    let mut restarted = crashing;
+    restarted.outbox_relay = true;
+    let again = spawn_with(restarted).await;
+
+    let created = testkit::wait_for_published::<OrderCreated>(&again.bus, 1).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].id, id);
+    assert_eq!(created[0].ticket.id, ticket.id);
+    // The outbox is emptied, and another scan does not publish it again.
+    let drained = testkit::eventually(Duration::from_secs(10), || async {
+        let raw = again
+            .db
+            .collection::<mongodb::bson::Document>("orders")
+            .find_one(doc! { "_id": oid(&id) })
+            .await
+            .ok()??;
+        raw.get_array("outbox")
+            .map_or(true, |o| o.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "the outbox was never emptied");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        testkit::published::<OrderCreated>(&again.bus).await.len(),
+        1
+    );
+}

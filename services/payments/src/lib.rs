@@ -1,0 +1,207 @@
+//! The payments service: `/api/payments` — pay for an order with a card.
+//!
+//! It keeps a replica of the orders it may charge for (fed by `order.created`
+//! and `order.cancelled`), charges cards through Stripe exactly once per order,
+//! stores one payment per order and announces it with `payment.created`, which
+//! the orders service turns into a completed order.
+//!
+//! - [`routes::payments`]: the route and its rules, in one place.
+//! - [`stripe`]: the Stripe gateway: one charge per order (idempotency key).
+//! - [`store`]: the order replica and the payments (unique per order, with
+//!   their event in the same write).
+//! - [`events`]: the two listeners that keep the replica current.
+
+pub mod events;
+pub mod routes;
+pub mod store;
+pub mod stripe;
+
+use axum::{Router, extract::FromRef};
+use common::{
+    bus::{Bus, BusConfig},
+    config::{ConfigError, Env, Secret},
+    health::{self, Ready},
+    mongo, openapi,
+    outbox::{Outbox, Relay},
+    server,
+    session::Sessions,
+};
+use mongodb::Database;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{
+    events::{OrderCancelledListener, OrderCreatedListener, SERVICE},
+    store::{Orders, Payments},
+    stripe::Stripe,
+};
+
+/// Everything payments reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub mongo_uri: String,
+    pub jwt_key: Secret,
+    /// Stripe's secret key (`sk_…`).
+    pub stripe_key: Secret,
+    /// Where the Stripe API is; `None` is Stripe's real API. Tests and the local
+    /// fleet point it at `stripe-stateful-mock` (plain http is fine).
+    pub stripe_api_base: Option<String>,
+    /// NATS JetStream (from `NATS_URL`).
+    pub bus: BusConfig,
+    /// Local development: readable logs, cookies without `Secure`.
+    pub development: bool,
+    /// Whether to run the outbox relay (always, in a real process). Tests turn
+    /// it off to play a crash between the write and the publish.
+    pub outbox_relay: bool,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        env.log_filter();
+        let stripe_api_base = env.optional("STRIPE_API_BASE");
+        if let Some(base) = &stripe_api_base
+            && !(base.starts_with("http://") || base.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "STRIPE_API_BASE",
+                reason: format!("{base:?} is not an http(s) URL"),
+            });
+        }
+        Ok(Self {
+            port: env.port()?,
+            mongo_uri: env.required("MONGO_URI")?,
+            jwt_key: Secret::new(env.required("JWT_KEY")?),
+            stripe_key: Secret::new(env.required("STRIPE_KEY")?),
+            stripe_api_base,
+            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("payments"),
+            development: env.development(),
+            outbox_relay: true,
+        })
+    }
+}
+
+/// The state every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub orders: Orders,
+    pub payments: Payments,
+    pub stripe: Stripe,
+    /// Wakes the outbox relay after a payment is stored.
+    pub outbox: Outbox,
+    pub bus: Bus,
+    pub sessions: Sessions,
+}
+
+impl FromRef<AppState> for Sessions {
+    fn from_ref(state: &AppState) -> Self {
+        state.sessions.clone()
+    }
+}
+
+impl Ready for AppState {
+    async fn check(&self) -> Result<(), Vec<&'static str>> {
+        health::collect(&[
+            ("mongo", mongo::ping(&self.db).await.is_ok()),
+            ("nats", self.bus.is_ready()),
+        ])
+    }
+}
+
+/// The complete router: the documented route with `/openapi.json`, the
+/// probes and the fleet's common layers (with `/metrics`).
+pub fn app(state: AppState) -> Router {
+    server::finish(
+        Router::new()
+            .merge(openapi::serve(api()))
+            .merge(health::routes())
+            .with_state(state),
+    )
+}
+
+/// The HTTP API: its route and its OpenAPI description, from the same code.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::document(
+        "payments",
+        env!("CARGO_PKG_VERSION"),
+        "Ticketing's payments: pay for an order with a card, charged through Stripe exactly once.",
+    ))
+    .merge(routes::payments::router())
+}
+
+/// A built service, bound to its port and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    bus: Bus,
+    orders: Orders,
+    /// `None` when [`Settings::outbox_relay`] is off.
+    relay: Option<Relay>,
+}
+
+impl Application {
+    /// Connects to the database and NATS, makes sure the indexes and the
+    /// stream exist, and binds the port (`0` picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = mongo::connect(&settings.mongo_uri, "payments").await?;
+        let orders = Orders::new(&db);
+        let payments = Payments::new(&db);
+        payments.ensure_indexes().await?;
+        let bus = Bus::connect(settings.bus.clone()).await?;
+        let (relay, outbox) = Relay::new(bus.clone(), payments.outbox_collection());
+        let state = AppState {
+            db,
+            orders: orders.clone(),
+            payments,
+            stripe: Stripe::new(
+                settings.stripe_key.expose(),
+                settings.stripe_api_base.as_deref(),
+            )?,
+            outbox,
+            bus: bus.clone(),
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+        };
+        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
+        Ok(Self {
+            listener,
+            router: app(state),
+            bus,
+            orders,
+            relay: settings.outbox_relay.then_some(relay),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves requests, consumes order events and relays the outbox until
+    /// `shutdown` is cancelled; then drains and stops.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(port = self.port(), "payments listening");
+        let mut background = JoinSet::new();
+        if let Some(relay) = self.relay {
+            background.spawn(relay.run(shutdown.clone()));
+        }
+        let created = OrderCreatedListener {
+            orders: self.orders.clone(),
+        };
+        let cancelled = OrderCancelledListener {
+            orders: self.orders,
+        };
+        for listener in [
+            self.bus.listen(SERVICE, created, shutdown.clone()).await?,
+            self.bus
+                .listen(SERVICE, cancelled, shutdown.clone())
+                .await?,
+        ] {
+            background.spawn(async move { listener.await? });
+        }
+        server::run(self.listener, self.router, background, shutdown).await
+    }
+}

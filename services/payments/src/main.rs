@@ -1,0 +1,10 @@
+use common::{config, server, telemetry};
+use payments::{Application, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = config::load_or_exit("payments", Settings::from_env);
+    telemetry::init("payments", settings.development);
+    let app = Application::build(settings).await?;
+    app.run_until(server::shutdown_token()).await
+}

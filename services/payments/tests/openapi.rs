@@ -1,0 +1,9 @@
+//! `GET /openapi.json` describes exactly the routes payments serves.
+
+mod support;
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
+    let payments = support::Harness::spawn().await;
+    testkit::assert_openapi_lists_exactly(&payments.app, &[("POST", "/api/payments")]).await;
+}

@@ -1,0 +1,251 @@
+//! The tickets service under test, and what tests do with it.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use common::{
+    bus::{Bus, BusConfig},
+    config::Secret,
+    events::{Event, OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef},
+    money::Money,
+};
+use mongodb::bson::oid::ObjectId;
+use serde_json::{Value, json};
+use testkit::{Reply, TestApp};
+use tickets::{Application, Settings, store::Tickets};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Where one test's service keeps its state: a database and a bus namespace.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub mongo_uri: String,
+    pub bus: BusConfig,
+}
+
+impl Namespace {
+    pub fn fresh() -> Self {
+        Self {
+            mongo_uri: testkit::mongo_uri("tickets"),
+            bus: testkit::bus_config().with_connection_name("tickets-under-test"),
+        }
+    }
+
+    pub fn settings(&self, outbox_relay: bool) -> Settings {
+        Settings {
+            port: 0,
+            mongo_uri: self.mongo_uri.clone(),
+            bus: self.bus.clone(),
+            jwt_key: Secret::new(testkit::JWT_KEY),
+            development: false,
+            outbox_relay,
+        }
+    }
+}
+
+/// A running tickets service plus the test's own clients of its database and
+/// bus namespace.
+pub struct TestTickets {
+    pub app: TestApp,
+    /// The test's own connection to the namespace (publishes orders' events,
+    /// reads what tickets published).
+    pub bus: Bus,
+    /// Direct access to the service's database, for what HTTP does not show.
+    pub store: Tickets,
+    running: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A tickets service in a fresh namespace.
+pub async fn spawn() -> TestTickets {
+    spawn_in(Namespace::fresh(), true).await
+}
+
+/// A tickets service in `ns`; `outbox_relay: false` plays a crash after every
+/// write and before its publish.
+pub async fn spawn_in(ns: Namespace, outbox_relay: bool) -> TestTickets {
+    let app = Application::build(ns.settings(outbox_relay))
+        .await
+        .expect("tickets failed to start");
+    let port = app.port();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run_until(shutdown.clone()));
+    let bus = Bus::connect(ns.bus.clone().with_connection_name("tickets-test"))
+        .await
+        .expect("test bus failed to connect");
+    let store = Tickets::new(testkit_database(&ns.mongo_uri).await);
+    TestTickets {
+        app: TestApp::new(SocketAddr::from(([127, 0, 0, 1], port)), shutdown),
+        bus,
+        store,
+        running,
+    }
+}
+
+async fn testkit_database(uri: &str) -> mongodb::Database {
+    common::mongo::connect(uri, "tickets")
+        .await
+        .expect("bad MongoDB URI")
+}
+
+impl TestTickets {
+    /// Stops the service and waits until it has.
+    pub async fn stop(self) {
+        self.app.shutdown().cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.running)
+            .await
+            .expect("tickets did not stop within 30s")
+            .expect("tickets panicked")
+            .expect("tickets stopped with an error");
+    }
+
+    /// `POST /api/tickets`, asserting 201; the ticket as returned.
+    pub async fn create_ticket(&self, cookie: &str, title: &str, price: Value) -> Value {
+        let reply = self
+            .post(cookie, json!({"title": title, "price": price}))
+            .await;
+        reply.assert_status(201);
+        reply.body
+    }
+
+    pub async fn post(&self, cookie: &str, body: Value) -> Reply {
+        self.app.post("/api/tickets", Some(cookie), body).await
+    }
+
+    pub async fn put(&self, id: &str, cookie: Option<&str>, body: Value) -> Reply {
+        self.app
+            .put(&format!("/api/tickets/{id}"), cookie, body)
+            .await
+    }
+
+    pub async fn show(&self, id: &str) -> Reply {
+        self.app.get(&format!("/api/tickets/{id}"), None).await
+    }
+
+    pub async fn list(&self, query: &str) -> Reply {
+        self.app.get(&format!("/api/tickets{query}"), None).await
+    }
+
+    /// `GET /api/tickets/{id}` as JSON, asserting 200.
+    pub async fn ticket(&self, id: &str) -> Value {
+        let reply = self.show(id).await;
+        reply.assert_status(200);
+        reply.body
+    }
+
+    /// Waits until the ticket satisfies `check` (10 s), and returns it.
+    pub async fn ticket_when(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ticket = self.ticket(id).await;
+            if check(&ticket) {
+                return ticket;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ticket {id} never got {what}; last seen: {ticket}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes an event as its owner service would.
+    pub async fn publish<E: Event>(&self, event: &E) {
+        self.bus.publish(event).await.expect("publish failed");
+    }
+
+    /// Publishes `event` again under a new message id: what a redelivery (or
+    /// a publish outside the duplicate window) looks like to tickets.
+    pub async fn publish_again<E: Event>(&self, event: &E) {
+        let payload = serde_json::to_vec(event).expect("event serialises");
+        self.bus
+            .publish_raw(
+                E::SUBJECT,
+                E::SCHEMA_VERSION,
+                &format!("{}:again:{}", event.message_id(), ObjectId::new()),
+                payload.into(),
+            )
+            .await
+            .expect("publish failed");
+    }
+
+    /// Waits until tickets' durable consumer of `E` has delivered and acked
+    /// everything in the stream, without a redelivery.
+    pub async fn wait_until_consumed<E: Event>(&self) {
+        let name = format!(
+            "{}-{}",
+            tickets::events::SERVICE,
+            E::SUBJECT.replace('.', "-")
+        );
+        let settled = testkit::eventually(Duration::from_secs(10), || async {
+            let stream = self
+                .bus
+                .jetstream()
+                .get_stream(&self.bus.config().stream)
+                .await
+                .ok()?;
+            let info = stream.consumer_info(&name).await.ok()?;
+            (info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence > 0
+                && info.ack_floor.stream_sequence == info.delivered.stream_sequence)
+                .then_some(info)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name} did not ack everything within 10s"));
+        assert_eq!(settled.num_redelivered, 0, "{name} needed redeliveries");
+    }
+
+    /// Every `ticket.updated` published for `id`.
+    pub async fn updates_of(&self, id: &str) -> Vec<common::events::TicketUpdated> {
+        testkit::published::<common::events::TicketUpdated>(&self.bus)
+            .await
+            .into_iter()
+            .filter(|e| e.id == id)
+            .collect()
+    }
+}
+
+/// A signed-in user: their id and the cookie.
+pub fn user() -> (String, String) {
+    let id = ObjectId::new().to_hex();
+    let cookie = testkit::signin_as(&id, "seller@test.com");
+    (id, cookie)
+}
+
+/// The ticket id of a ticket as the API returned it.
+pub fn id_of(ticket: &Value) -> String {
+    ticket["id"]
+        .as_str()
+        .expect("ticket without an id")
+        .to_owned()
+}
+
+/// A new order for `ticket`, as orders would announce it.
+pub fn order_created(ticket: &Value) -> OrderCreated {
+    OrderCreated {
+        id: ObjectId::new().to_hex(),
+        version: 0,
+        status: OrderStatus::Created,
+        user_id: ObjectId::new().to_hex(),
+        expires_at: Utc::now() + chrono::Duration::minutes(15),
+        ticket: OrderTicket {
+            id: id_of(ticket),
+            price: serde_json::from_value::<Money>(ticket["price"].clone())
+                .expect("price is money"),
+        },
+    }
+}
+
+/// The cancellation of `order`, as orders would announce it.
+pub fn order_cancelled(order: &OrderCreated) -> OrderCancelled {
+    OrderCancelled {
+        id: order.id.clone(),
+        version: order.version + 1,
+        ticket: TicketRef {
+            id: order.ticket.id.clone(),
+        },
+    }
+}

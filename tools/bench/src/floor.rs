@@ -1,0 +1,347 @@
+//! The floors a route is compared with, measured in the same run on the same
+//! machine:
+//!
+//! - **bare axum**: a handler that does nothing but answer the route's real
+//!   response (captured from the fleet just before), behind an ingress
+//!   instance of its own that routes with the fleet's table — so the path is
+//!   the same (client → ingress → axum over loopback), minus the service's
+//!   work: no session check, no validation, no database, no events.
+//! - **raw mongodb**: the official driver, with the services' default pool,
+//!   doing the route's database operations against the same server (reads
+//!   against the services' own collections, writes into a scratch database).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use futures::{TryStreamExt as _, future::BoxFuture};
+use mongodb::bson::{Document, doc, oid::ObjectId};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::load::Shape;
+use crate::stats::{self, Throughput};
+
+/// The real answers of the fleet, replayed by the bare handlers.
+#[derive(Debug, Clone, Default)]
+pub struct Canned {
+    pub current_user: Bytes,
+    pub signin: Bytes,
+    pub signin_cookie: Option<HeaderValue>,
+    pub ticket_created: Bytes,
+    pub tickets: Bytes,
+    pub ticket: Bytes,
+    pub order_created: Bytes,
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn bare_router(canned: Arc<Canned>) -> Router {
+    Router::new()
+        .route(
+            "/api/users/currentuser",
+            get(|State(c): State<Arc<Canned>>| async move { json(StatusCode::OK, c.current_user.clone()) }),
+        )
+        .route(
+            "/api/users/signin",
+            post(|State(c): State<Arc<Canned>>, Json(_): Json<Value>| async move {
+                let mut response = json(StatusCode::OK, c.signin.clone());
+                if let Some(cookie) = &c.signin_cookie {
+                    response.headers_mut().insert(header::SET_COOKIE, cookie.clone());
+                }
+                response
+            }),
+        )
+        .route(
+            "/api/tickets",
+            get(|State(c): State<Arc<Canned>>| async move { json(StatusCode::OK, c.tickets.clone()) }).post(
+                |State(c): State<Arc<Canned>>, Json(_): Json<Value>| async move {
+                    json(StatusCode::CREATED, c.ticket_created.clone())
+                },
+            ),
+        )
+        .route(
+            "/api/tickets/{id}",
+            get(|State(c): State<Arc<Canned>>| async move { json(StatusCode::OK, c.ticket.clone()) }),
+        )
+        .route(
+            "/api/orders",
+            post(|State(c): State<Arc<Canned>>, Json(_): Json<Value>| async move {
+                json(StatusCode::CREATED, c.order_created.clone())
+            }),
+        )
+        .with_state(canned)
+}
+
+/// The bare handlers behind an ingress of their own; stops on drop.
+pub struct BareFleet {
+    /// The ingress in front of them.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl BareFleet {
+    pub async fn start(canned: Canned) -> anyhow::Result<Self> {
+        let (stop, stopped) = watch::channel(false);
+        let app_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let app_addr = app_listener.local_addr()?;
+        let app = bare_router(Arc::new(canned));
+        let mut app_stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(app_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = app_stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+        });
+        // Every routed service is the bare app: same table, same proxy code.
+        let upstreams: HashMap<String, SocketAddr> = devstack::routes::table()
+            .services
+            .keys()
+            .map(|name| (name.clone(), app_addr))
+            .collect();
+        let ingress_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = ingress_listener.local_addr()?;
+        let mut ingress_stopped = stopped;
+        tokio::spawn(devstack::ingress::serve(
+            ingress_listener,
+            upstreams,
+            async move {
+                let _ = ingress_stopped.wait_for(|stop| *stop).await;
+            },
+        ));
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for BareFleet {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// One database operation of a floor; gets a running counter.
+pub type Op = Arc<dyn Fn(u64) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// Runs `op` in `shape.connections` closed loops, like [`crate::load::run`].
+pub async fn run_ops(shape: Shape, op: Op) -> anyhow::Result<Throughput> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let measure_from = started + shape.warmup;
+    let deadline = measure_from + shape.duration;
+    let workers: Vec<_> = (0..shape.connections)
+        .map(|_| {
+            let op = Arc::clone(&op);
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(16 * 1024);
+                let mut errors = 0;
+                let mut first_error = None;
+                let mut ended = measure_from;
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let begun = Instant::now();
+                    let result = op(n).await;
+                    let done = Instant::now();
+                    if begun < measure_from {
+                        continue;
+                    }
+                    ended = done;
+                    latencies.push(
+                        u64::try_from(done.duration_since(begun).as_micros()).unwrap_or(u64::MAX),
+                    );
+                    if let Err(error) = result {
+                        errors += 1;
+                        first_error.get_or_insert(format!("{error:#}"));
+                    }
+                }
+                (latencies, errors, first_error, ended)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut ended = deadline;
+    for worker in workers {
+        let (latencies, e, first, end) = worker.await.context("a floor worker panicked")?;
+        all.extend(latencies);
+        errors += e;
+        first_error = first_error.or(first);
+        ended = ended.max(end);
+    }
+    Ok(stats::throughput(
+        all,
+        errors,
+        ended.duration_since(measure_from),
+        first_error,
+    ))
+}
+
+/// The raw-driver versions of the routes' database work.
+pub struct MongoFloors {
+    client: mongodb::Client,
+    /// Tickets that exist in the tickets service's collection and in the
+    /// orders service's replica.
+    ticket_ids: Arc<Vec<ObjectId>>,
+    /// An existing user's email.
+    email: String,
+}
+
+impl MongoFloors {
+    /// A client with the driver's defaults, as the services use it (a pool of
+    /// at most 10 connections).
+    pub async fn connect(
+        uri: &str,
+        ticket_ids: Vec<ObjectId>,
+        email: String,
+    ) -> anyhow::Result<Self> {
+        let mut options = mongodb::options::ClientOptions::parse(uri).await?;
+        options.app_name = Some("bench-floor".into());
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        Ok(Self {
+            client: mongodb::Client::with_options(options)?,
+            ticket_ids: Arc::new(ticket_ids),
+            email,
+        })
+    }
+
+    /// `POST /api/users/signin` reads the user by email (then verifies the
+    /// argon2 hash, which no floor does).
+    pub fn find_user_by_email(&self) -> Op {
+        let users = self.client.database("auth").collection::<Document>("users");
+        let email = self.email.clone();
+        Arc::new(move |_| {
+            let users = users.clone();
+            let email = email.clone();
+            Box::pin(async move {
+                users
+                    .find_one(doc! {"email": email})
+                    .await?
+                    .context("no such user")?;
+                Ok(())
+            })
+        })
+    }
+
+    /// `POST /api/tickets` inserts the ticket with its event in its outbox.
+    pub fn insert_ticket(&self) -> Op {
+        let tickets = self
+            .client
+            .database("bench_floor")
+            .collection::<Document>("tickets");
+        Arc::new(move |n| {
+            let tickets = tickets.clone();
+            Box::pin(async move {
+                let id = ObjectId::new();
+                let payload = format!(
+                    r#"{{"id":"{id}","version":0,"title":"floor {n}","price":20,"userId":"0123456789abcdef01234567"}}"#
+                );
+                tickets
+                    .insert_one(doc! {
+                        "_id": id, "title": format!("floor {n}"), "price": 2000_i64,
+                        "userId": "0123456789abcdef01234567", "version": 0_i64,
+                        "outbox": [{"id": format!("ticket.created:{id}:0"), "subject": "ticket.created", "schemaVersion": 1, "payload": payload}],
+                    })
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// `GET /api/tickets`: the newest 100 unreserved tickets.
+    pub fn list_tickets(&self) -> Op {
+        let tickets = self
+            .client
+            .database("tickets")
+            .collection::<Document>("tickets");
+        Arc::new(move |_| {
+            let tickets = tickets.clone();
+            Box::pin(async move {
+                let found: Vec<Document> = tickets
+                    .find(doc! {"orderId": null})
+                    .sort(doc! {"_id": -1})
+                    .limit(100)
+                    .await?
+                    .try_collect()
+                    .await?;
+                anyhow::ensure!(!found.is_empty(), "no tickets listed");
+                Ok(())
+            })
+        })
+    }
+
+    /// `GET /api/tickets/:id`: one ticket by id.
+    pub fn find_ticket(&self) -> Op {
+        let tickets = self
+            .client
+            .database("tickets")
+            .collection::<Document>("tickets");
+        let ids = Arc::clone(&self.ticket_ids);
+        Arc::new(move |n| {
+            let tickets = tickets.clone();
+            let id = ids[n as usize % ids.len()];
+            Box::pin(async move {
+                tickets
+                    .find_one(doc! {"_id": id})
+                    .await?
+                    .context("no such ticket")?;
+                Ok(())
+            })
+        })
+    }
+
+    /// `POST /api/orders`: reads the ticket from the replica, then inserts
+    /// the order with its event in its outbox.
+    pub fn create_order(&self) -> Op {
+        let replica = self
+            .client
+            .database("orders")
+            .collection::<Document>("tickets");
+        let orders = self
+            .client
+            .database("bench_floor")
+            .collection::<Document>("orders");
+        let ids = Arc::clone(&self.ticket_ids);
+        Arc::new(move |n| {
+            let replica = replica.clone();
+            let orders = orders.clone();
+            let ticket_id = ids[n as usize % ids.len()];
+            Box::pin(async move {
+                replica
+                    .find_one(doc! {"_id": ticket_id})
+                    .await?
+                    .context("no such ticket in the replica")?;
+                let id = ObjectId::new();
+                orders
+                    .insert_one(doc! {
+                        "_id": id, "userId": "0123456789abcdef01234567", "status": "created",
+                        "expiresAt": mongodb::bson::DateTime::now(), "version": 0_i64,
+                        "ticketId": ticket_id, "activeTicketId": id,
+                        "outbox": [{"id": format!("order.created:{id}:0"), "subject": "order.created", "schemaVersion": 1, "payload": "{}"}],
+                    })
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Drops the scratch database.
+    pub async fn clean_up(&self) {
+        let _ = self.client.database("bench_floor").drop().await;
+    }
+}

@@ -1,0 +1,607 @@
+//! `make bench`: starts the whole fleet locally (release binaries, ephemeral
+//! infrastructure, the local ingress) and measures it — see the README's
+//! "Benchmarks" section for what each figure means.
+//!
+//! Run it through `cargo run --release -p bench`: the fleet's binaries are
+//! found next to this one, so the profile it is built with is the profile
+//! that is measured. The report is printed (Markdown) and saved as
+//! `bench-results/report.md` and `bench-results/report.json` (or under
+//! `BENCH_OUT`).
+//!
+//! Knobs (environment): `BENCH_DURATION` (seconds per HTTP run of a
+//! service, default 5), `BENCH_FLOOR_DURATION` (of a floor, 3),
+//! `BENCH_WARMUP` (1), `BENCH_CONNECTIONS` (32), `BENCH_WINDOW`
+//! (`EXPIRATION_WINDOW_SECONDS`, 45), `BENCH_TICKETS` (propagation tickets,
+//! 1000), `BENCH_LOG` (the services' `RUST_LOG`, default `warn`),
+//! `BENCH_OUT` (the report's directory).
+
+mod api;
+mod floor;
+mod load;
+mod report;
+mod scenarios;
+mod stats;
+mod system;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use devstack::Stack;
+use futures::StreamExt as _;
+use http::HeaderValue;
+use mongodb::bson::oid::ObjectId;
+use serde_json::json;
+
+use crate::api::{Api, User};
+use crate::floor::{BareFleet, Canned, MongoFloors};
+use crate::load::{Req, Shape};
+use crate::report::{Report, RouteResult, Settings};
+use crate::system::{Memory, Quiet};
+
+/// The services' start-up is timed this many times each.
+const STARTUP_RUNS: usize = 3;
+/// Tickets behind the read routes.
+const SEED_TICKETS: usize = 200;
+/// Concurrent sell-then-order loops of the propagation run.
+const PIPELINES: usize = 8;
+/// The classic concurrency scenario's clients.
+const CLIENTS: usize = 400;
+/// The purchase race: tickets, and buyers for each.
+const RACE_TICKETS: usize = 20;
+const RACE_BUYERS: usize = 50;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={value:?} is not valid")),
+        _ => Ok(default),
+    }
+}
+
+fn progress(begun: Instant, what: &str) {
+    eprintln!("bench [{:>6.1}s] {what}", begun.elapsed().as_secs_f64());
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let begun = Instant::now();
+    let settings = Settings {
+        connections: env_or("BENCH_CONNECTIONS", 32)?,
+        duration_seconds: env_or("BENCH_DURATION", 5.0)?,
+        floor_seconds: env_or("BENCH_FLOOR_DURATION", 3.0)?,
+        warmup_seconds: env_or("BENCH_WARMUP", 1.0)?,
+        expiration_window_seconds: env_or("BENCH_WINDOW", 45)?,
+        propagation_tickets: env_or("BENCH_TICKETS", 1000)?,
+        propagation_pipelines: PIPELINES,
+        service_log: env_or("BENCH_LOG", "warn".to_owned())?,
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_owned(),
+    };
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "bench: WARNING: a debug build measures debug services; run `cargo run --release -p bench`"
+        );
+    }
+    let out_dir = std::env::var_os("BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| devstack::paths::workspace_root().join("bench-results"));
+
+    progress(
+        begun,
+        "starting the fleet (ephemeral infrastructure, every service, the ingress)",
+    );
+    let window = settings.expiration_window_seconds.to_string();
+    let started = Instant::now();
+    let mut stack = Stack::start(
+        &[],
+        &[
+            ("EXPIRATION_WINDOW_SECONDS", window.as_str()),
+            ("RUST_LOG", settings.service_log.as_str()),
+        ],
+    )
+    .await
+    .context("the fleet did not start (did `cargo build --release --workspace --bins` run?)")?;
+    let fleet_start_seconds = started.elapsed().as_secs_f64();
+
+    let outcome = measure(&mut stack, &settings, begun).await;
+    progress(begun, "stopping the fleet");
+    let stopped = stack.stop().await;
+    let mut report = outcome?;
+    stopped?;
+    report.fleet_start_seconds = stats::round(fleet_start_seconds);
+    report.total_seconds = stats::round(begun.elapsed().as_secs_f64());
+
+    let markdown = report::markdown(&report);
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    std::fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out_dir.join("report.md"), &markdown)?;
+    println!("{markdown}");
+    eprintln!(
+        "bench: report saved to {} and report.json ({:.0} s in all)",
+        out_dir.join("report.md").display(),
+        report.total_seconds
+    );
+    Ok(())
+}
+
+async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyhow::Result<Report> {
+    let shape = Shape {
+        connections: settings.connections,
+        warmup: Duration::from_secs_f64(settings.warmup_seconds),
+        duration: Duration::from_secs_f64(settings.duration_seconds),
+    };
+    let ingress: std::net::SocketAddr = stack.base_url().trim_start_matches("http://").parse()?;
+    let api = Api::new(stack.base_url())?;
+    let infra = stack.infra().endpoints().clone();
+    let mongo_flavor = stack.infra().mongo_flavor();
+
+    progress(begun, "timing each service's start-up");
+    let startup = system::startup_times(stack, STARTUP_RUNS).await?;
+    let quiet = Quiet::connect(&infra.nats_url, &infra.mongo_uri).await?;
+    quiet.settle(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let services: Vec<(String, u32)> = stack
+        .fleet()
+        .names()
+        .filter_map(|name| Some((name.to_owned(), stack.fleet().pid(name)?)))
+        .collect();
+    let servers: Vec<(String, u32)> = ["nats", "mongo", "redis", "stripe"]
+        .iter()
+        .filter_map(|name| Some(((*name).to_owned(), stack.infra().pid(name)?)))
+        .collect();
+    let idle: Vec<(String, u32, u64)> = services
+        .iter()
+        .chain(&servers)
+        .filter_map(|(name, pid)| Some((name.clone(), *pid, system::memory_kib(*pid)?.0)))
+        .collect();
+
+    progress(begun, "signing up users, listing the seed tickets");
+    let seller = api
+        .signup(&format!("bench-seller-{}@bench.test", std::process::id()))
+        .await?;
+    let buyers = api::signup_many(&api, "buyer", PIPELINES).await?;
+    let race_buyers = api::signup_many(&api, "racer", RACE_BUYERS).await?;
+    let seed: Vec<String> = futures::stream::iter(0..SEED_TICKETS)
+        .map(|i| {
+            let (api, seller) = (api.clone(), seller.clone());
+            async move {
+                api.sell(&seller, &format!("seed {i}"), 10.0 + i as f64)
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    quiet.settle(Duration::from_secs(60)).await?;
+
+    let canned = capture(&api, &seller, &buyers[0], &seed).await?;
+    let bare = BareFleet::start(canned).await?;
+    let seed_ids: Vec<ObjectId> = seed
+        .iter()
+        .map(|id| ObjectId::parse_str(id))
+        .collect::<Result<_, _>>()?;
+    let floors = MongoFloors::connect(&infra.mongo_uri, seed_ids, seller.email.clone()).await?;
+
+    let cookie = HeaderValue::from_str(&seller.cookie)?;
+    let mut routes = Vec::new();
+    let runs = Runs {
+        ingress,
+        bare: bare.addr,
+        shape,
+        floor: Shape {
+            warmup: Duration::from_millis(500),
+            duration: Duration::from_secs_f64(settings.floor_seconds),
+            ..shape
+        },
+        quiet: &quiet,
+    };
+
+    progress(begun, "GET /api/users/currentuser");
+    let make: load::MakeRequest = {
+        let cookie = cookie.clone();
+        Arc::new(move |_| Some(Req::get("/api/users/currentuser").cookie(&cookie)))
+    };
+    routes.push(
+        route(
+            "GET /api/users/currentuser",
+            &runs,
+            make,
+            None,
+            load::status_is(200),
+            None,
+        )
+        .await?,
+    );
+
+    progress(begun, "POST /api/users/signin");
+    let signin = Bytes::from(json!({"email": seller.email, "password": api::PASSWORD}).to_string());
+    let make: load::MakeRequest =
+        Arc::new(move |_| Some(Req::post("/api/users/signin", signin.clone())));
+    routes.push(
+        route(
+            "POST /api/users/signin",
+            &runs,
+            make,
+            None,
+            load::status_is(200),
+            Some(("find_one({email})", floors.find_user_by_email())),
+        )
+        .await?,
+    );
+
+    progress(begun, "GET /api/tickets");
+    let make: load::MakeRequest = Arc::new(|_| Some(Req::get("/api/tickets")));
+    routes.push(
+        route(
+            "GET /api/tickets",
+            &runs,
+            make,
+            None,
+            load::status_is(200),
+            Some((
+                "find({orderId:null}).sort({_id:-1}).limit(100)",
+                floors.list_tickets(),
+            )),
+        )
+        .await?,
+    );
+
+    progress(begun, "GET /api/tickets/:id");
+    let next = Arc::new(AtomicUsize::new(0));
+    let paths: Arc<Vec<String>> =
+        Arc::new(seed.iter().map(|id| format!("/api/tickets/{id}")).collect());
+    let make: load::MakeRequest = Arc::new(move |_| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        Some(Req::get(paths[i % paths.len()].clone()))
+    });
+    routes.push(
+        route(
+            "GET /api/tickets/:id",
+            &runs,
+            make,
+            None,
+            load::status_is(200),
+            Some(("find_one({_id})", floors.find_ticket())),
+        )
+        .await?,
+    );
+
+    progress(
+        begun,
+        format!(
+            "event propagation: {} tickets sold and ordered",
+            settings.propagation_tickets
+        )
+        .as_str(),
+    );
+    let watch = scenarios::BusWatch::start(&infra.nats_url).await?;
+    let (sold, created, took) =
+        scenarios::propagate_created(&api, &seller, &buyers, settings.propagation_tickets).await?;
+    progress(
+        begun,
+        "expiration: waiting for every one of those orders to expire",
+    );
+    let expiration = scenarios::expiration(
+        &api,
+        &buyers,
+        &sold,
+        &watch,
+        settings.expiration_window_seconds,
+    )
+    .await?;
+    quiet.settle(Duration::from_secs(120)).await?;
+    progress(
+        begun,
+        "event propagation: a new price for each of those tickets",
+    );
+    let updated = scenarios::propagate_updated(&api, &seller, &buyers, &sold).await?;
+    let propagation = scenarios::Propagation {
+        tickets: sold.len(),
+        pipelines: PIPELINES,
+        seconds: stats::round(took.as_secs_f64()),
+        created,
+        updated,
+        poll_ms: scenarios::POLL.as_secs_f64() * 1000.0,
+    };
+    quiet.settle(Duration::from_secs(120)).await?;
+
+    progress(
+        begun,
+        "the concurrency scenario: 400 clients create, update to 10, update to 15",
+    );
+    let (concurrency, orders) =
+        scenarios::concurrency(&api, &seller, &buyers[0], &quiet, CLIENTS).await?;
+    cancel_all(
+        &api,
+        orders
+            .into_iter()
+            .map(|id| (buyers[0].clone(), id))
+            .collect(),
+    )
+    .await?;
+    progress(begun, "the purchase race: 50 buyers for each of 20 tickets");
+    let (race, orders) = scenarios::race(&api, &seller, &race_buyers, &quiet, RACE_TICKETS).await?;
+    cancel_all(
+        &api,
+        orders
+            .into_iter()
+            .map(|(b, id)| (race_buyers[b].clone(), id))
+            .collect(),
+    )
+    .await?;
+    quiet.settle(Duration::from_secs(120)).await?;
+
+    progress(begun, "POST /api/tickets");
+    let created_ids = Arc::new(Mutex::new(Vec::<String>::new()));
+    let make: load::MakeRequest = {
+        let cookie = cookie.clone();
+        let body = Bytes::from(json!({"title": "bench", "price": 25}).to_string());
+        Arc::new(move |_| Some(Req::post("/api/tickets", body.clone()).cookie(&cookie)))
+    };
+    let check: load::Check = {
+        let created_ids = Arc::clone(&created_ids);
+        Arc::new(move |status, body| {
+            if status != 201 {
+                return false;
+            }
+            if let Some(id) = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_owned))
+            {
+                created_ids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(id);
+            }
+            true
+        })
+    };
+    routes.push(
+        route(
+            "POST /api/tickets",
+            &runs,
+            make,
+            None,
+            check,
+            Some(("insert_one(ticket + outbox)", floors.insert_ticket())),
+        )
+        .await?,
+    );
+    let replicated = quiet.settle(Duration::from_secs(180)).await?;
+    progress(
+        begun,
+        format!(
+            "  (the orders replica caught up {:.1} s after the run)",
+            replicated.as_secs_f64()
+        )
+        .as_str(),
+    );
+
+    progress(begun, "POST /api/orders");
+    let pool: Arc<Vec<String>> = Arc::new(std::mem::take(
+        &mut *created_ids.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
+    let cookies: Arc<Vec<HeaderValue>> = Arc::new(
+        buyers
+            .iter()
+            .map(|b| HeaderValue::from_str(&b.cookie))
+            .collect::<Result<_, _>>()?,
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let make: load::MakeRequest = {
+        let (pool, cookies) = (Arc::clone(&pool), Arc::clone(&cookies));
+        Arc::new(move |worker| {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let id = pool.get(i)?;
+            let body = Bytes::from(format!(r#"{{"ticketId":"{id}"}}"#));
+            Some(Req::post("/api/orders", body).cookie(&cookies[worker % cookies.len()]))
+        })
+    };
+    // The bare handler reserves nothing: any id will do, again and again.
+    let bare_make: load::MakeRequest = {
+        let body = Bytes::from(format!(r#"{{"ticketId":"{}"}}"#, seed[0]));
+        Arc::new(move |worker| {
+            Some(Req::post("/api/orders", body.clone()).cookie(&cookies[worker % cookies.len()]))
+        })
+    };
+    routes.push(
+        route(
+            "POST /api/orders",
+            &runs,
+            make,
+            Some(bare_make),
+            load::status_is(201),
+            Some((
+                "find_one(replica) + insert_one(order + outbox)",
+                floors.create_order(),
+            )),
+        )
+        .await?,
+    );
+    floors.clean_up().await;
+    drop(bare);
+
+    let memory: Vec<Memory> = idle
+        .iter()
+        .map(|(name, pid, idle)| Memory {
+            process: name.clone(),
+            idle_mib: system::mib(*idle),
+            peak_mib: system::mib(system::memory_kib(*pid).map_or(0, |(_, peak)| peak)),
+        })
+        .collect();
+
+    Ok(Report {
+        generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine: report::Machine::detect(mongo_flavor),
+        settings: settings.clone(),
+        fleet_start_seconds: 0.0,
+        total_seconds: 0.0,
+        routes,
+        propagation,
+        expiration,
+        concurrency,
+        race,
+        memory,
+        startup,
+        orders_pool: pool.len(),
+    })
+}
+
+/// Where and how long the HTTP runs go.
+struct Runs<'a> {
+    ingress: std::net::SocketAddr,
+    bare: std::net::SocketAddr,
+    /// The services' runs.
+    shape: Shape,
+    /// The floors' runs (shorter: they are steady).
+    floor: Shape,
+    quiet: &'a Quiet,
+}
+
+/// One route: the service through the ingress, then the bare-axum floor
+/// through an ingress of its own, then (if the route touches the database)
+/// the raw-driver floor — each once the fleet has no event work left, so
+/// that no run pays for the previous one's events.
+async fn route(
+    name: &str,
+    runs: &Runs<'_>,
+    make: load::MakeRequest,
+    bare_make: Option<load::MakeRequest>,
+    check: load::Check,
+    mongo: Option<(&str, floor::Op)>,
+) -> anyhow::Result<RouteResult> {
+    let settle = Duration::from_secs(180);
+    runs.quiet.settle(settle).await?;
+    let service = load::run(runs.ingress, runs.shape, Arc::clone(&make), check).await?;
+    runs.quiet.settle(settle).await?;
+    let bare = load::run(
+        runs.bare,
+        runs.floor,
+        bare_make.unwrap_or(make),
+        Arc::new(|status, _| status < 400),
+    )
+    .await?;
+    let mongo = match mongo {
+        Some((operation, op)) => {
+            Some((operation.to_owned(), floor::run_ops(runs.floor, op).await?))
+        }
+        None => None,
+    };
+    let result = RouteResult::new(name, service, bare, mongo);
+    eprintln!(
+        "bench           {name}: {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors); bare axum {:.0} req/s; raw mongo {}",
+        result.service.per_second,
+        result.service.latency.p50_ms,
+        result.service.latency.p99_ms,
+        result.service.errors,
+        result.bare_axum.per_second,
+        result
+            .raw_mongo
+            .as_ref()
+            .map_or("—".to_owned(), |m| format!(
+                "{:.0} ops/s p50 {:.2} ms",
+                m.result.per_second, m.result.latency.p50_ms
+            )),
+    );
+    Ok(result)
+}
+
+/// Real answers for the bare handlers to replay.
+async fn capture(
+    api: &Api,
+    seller: &User,
+    buyer: &User,
+    seed: &[String],
+) -> anyhow::Result<Canned> {
+    let body = |reply: &api::Reply| Bytes::from(reply.body.to_string());
+    let current_user = api
+        .get("/api/users/currentuser", Some(seller))
+        .await?
+        .expect(200, "currentuser")?;
+    let signin = api
+        .post(
+            "/api/users/signin",
+            None,
+            json!({"email": seller.email, "password": api::PASSWORD}),
+        )
+        .await?
+        .expect(200, "signin")?;
+    let created = api
+        .post(
+            "/api/tickets",
+            Some(seller),
+            json!({"title": "bench", "price": 25}),
+        )
+        .await?
+        .expect(201, "create ticket")?;
+    let tickets = api
+        .get("/api/tickets", None)
+        .await?
+        .expect(200, "list tickets")?;
+    let ticket = api
+        .get(&format!("/api/tickets/{}", seed[0]), None)
+        .await?
+        .expect(200, "show ticket")?;
+    let ticket_id = created.id()?;
+    let order = loop {
+        let reply = api
+            .post("/api/orders", Some(buyer), json!({"ticketId": ticket_id}))
+            .await?;
+        if reply.status != 404 {
+            break reply.expect(201, "create order")?;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    Ok(Canned {
+        current_user: body(&current_user),
+        signin: body(&signin),
+        signin_cookie: signin.cookie.as_deref().and_then(|c| {
+            HeaderValue::from_str(&format!("{c}; path=/; samesite=lax; httponly")).ok()
+        }),
+        ticket_created: body(&created),
+        tickets: body(&tickets),
+        ticket: body(&ticket),
+        order_created: body(&order),
+    })
+}
+
+/// Cancels orders (so that their expiry does not run into later measurements).
+async fn cancel_all(api: &Api, orders: Vec<(User, String)>) -> anyhow::Result<()> {
+    let results = futures::stream::iter(orders)
+        .map(|(buyer, id)| {
+            let api = api.clone();
+            async move {
+                api.send(
+                    reqwest::Method::DELETE,
+                    &format!("/api/orders/{id}"),
+                    Some(&buyer),
+                    None,
+                )
+                .await?
+                .expect(204, "cancel order")
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for result in results {
+        result?;
+    }
+    Ok(())
+}

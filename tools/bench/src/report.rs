@@ -1,0 +1,356 @@
+//! The report: one JSON document, and the Markdown shown to people.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::scenarios::{Concurrency, Expiration, Propagation, Race};
+use crate::stats::{self, Throughput};
+use crate::system::{Memory, Startup};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub connections: usize,
+    pub duration_seconds: f64,
+    pub floor_seconds: f64,
+    pub warmup_seconds: f64,
+    pub expiration_window_seconds: u64,
+    pub propagation_tickets: usize,
+    pub propagation_pipelines: usize,
+    /// The services' `RUST_LOG`.
+    pub service_log: String,
+    /// The cargo profile of the binaries measured.
+    pub profile: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub mongo_server: String,
+    pub commit: String,
+}
+
+impl Machine {
+    pub fn detect(mongo_flavor: &str) -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(devstack::paths::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+                .unwrap_or_default(),
+            memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            mongo_server: mongo_flavor.to_owned(),
+            commit,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MongoFloor {
+    pub operation: String,
+    pub result: Throughput,
+    /// service req/s ÷ floor ops/s.
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteResult {
+    pub route: String,
+    pub service: Throughput,
+    pub bare_axum: Throughput,
+    /// service req/s ÷ bare-axum req/s.
+    pub ratio_bare_axum: f64,
+    pub raw_mongo: Option<MongoFloor>,
+}
+
+fn ratio(service: &Throughput, floor: &Throughput) -> f64 {
+    if floor.per_second > 0.0 {
+        stats::round(service.per_second / floor.per_second)
+    } else {
+        0.0
+    }
+}
+
+impl RouteResult {
+    pub fn new(
+        route: &str,
+        service: Throughput,
+        bare: Throughput,
+        mongo: Option<(String, Throughput)>,
+    ) -> Self {
+        Self {
+            route: route.to_owned(),
+            ratio_bare_axum: ratio(&service, &bare),
+            raw_mongo: mongo.map(|(operation, result)| MongoFloor {
+                operation,
+                ratio: ratio(&service, &result),
+                result,
+            }),
+            service,
+            bare_axum: bare,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub fleet_start_seconds: f64,
+    pub total_seconds: f64,
+    pub routes: Vec<RouteResult>,
+    pub propagation: Propagation,
+    pub expiration: Expiration,
+    pub concurrency: Concurrency,
+    pub race: Race,
+    pub memory: Vec<Memory>,
+    pub startup: Vec<Startup>,
+    /// Tickets available to the POST /api/orders run.
+    pub orders_pool: usize,
+}
+
+fn rate(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+fn ms(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn pct(value: f64) -> String {
+    format!("{:.1}%", value * 100.0)
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let s = &r.settings;
+    let m = &r.machine;
+    let _ = writeln!(
+        out,
+        "### Ticketing benchmark — {} (commit {})\n",
+        r.generated_at,
+        if m.commit.is_empty() { "?" } else { &m.commit }
+    );
+    let _ = writeln!(
+        out,
+        "{} CPUs ({}), {} GiB; MongoDB-wire server: {}; {} binaries, services at `RUST_LOG={}`. \
+         The load generator, the ingress and the floors run in the bench process on the same CPUs as the fleet. \
+         Fleet start {:.1} s; whole run {:.0} s.\n",
+        m.cpus,
+        m.cpu_model,
+        m.memory_gib,
+        m.mongo_server,
+        s.profile,
+        s.service_log,
+        r.fleet_start_seconds,
+        r.total_seconds
+    );
+
+    let _ = writeln!(
+        out,
+        "**HTTP through the ingress** — {} connections, {:.0} s per run after {:.0} s of warm-up; latency in ms; \
+         floors {:.0} s each; ratios are service req/s ÷ floor req/s.\n",
+        s.connections, s.duration_seconds, s.warmup_seconds, s.floor_seconds
+    );
+    let _ = writeln!(
+        out,
+        "| route | req/s | p50 | p99 | errors | bare axum req/s (p50) | ÷ axum | raw mongodb ops/s (p50) | ÷ mongo |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for route in &r.routes {
+        let svc = &route.service;
+        let bare = &route.bare_axum;
+        let (mongo, mongo_ratio) = match &route.raw_mongo {
+            Some(f) => (
+                format!(
+                    "{} ({})",
+                    rate(f.result.per_second),
+                    ms(f.result.latency.p50_ms)
+                ),
+                pct(f.ratio),
+            ),
+            None => ("— (no database)".to_owned(), "—".to_owned()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} |",
+            route.route,
+            rate(svc.per_second),
+            ms(svc.latency.p50_ms),
+            ms(svc.latency.p99_ms),
+            svc.errors,
+            rate(bare.per_second),
+            ms(bare.latency.p50_ms),
+            pct(route.ratio_bare_axum),
+            mongo,
+            mongo_ratio
+        );
+    }
+    let _ = writeln!(out);
+    for route in &r.routes {
+        if let Some(error) = &route.service.first_error {
+            let _ = writeln!(
+                out,
+                "- {} first error: `{}`",
+                route.route,
+                error.replace('`', "'")
+            );
+        }
+    }
+    if let Some(orders) = r.routes.iter().find(|x| x.route == "POST /api/orders")
+        && orders.service.requests >= r.orders_pool.saturating_sub(1)
+    {
+        let _ = writeln!(
+            out,
+            "- POST /api/orders used up its {} fresh tickets after {:.1} s; its rate is over that time.",
+            r.orders_pool, orders.service.seconds
+        );
+    }
+    for route in &r.routes {
+        if let Some(f) = &route.raw_mongo {
+            let _ = writeln!(out, "- {} floor: `{}`", route.route, f.operation);
+        }
+    }
+
+    let p = &r.propagation;
+    let _ = writeln!(
+        out,
+        "\n**Event propagation** — {} tickets, {} concurrent sell-then-order loops, reads repeated after 2, 4, 8, 16, then every {:.0} ms.\n",
+        p.tickets, p.pipelines, p.poll_ms
+    );
+    let _ = writeln!(out, "| from → to | n | p50 ms | p99 ms | max ms |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| POST /api/tickets answered → orderable (POST /api/orders 201) | {} | {} | {} | {} |",
+        p.created.n,
+        ms(p.created.p50_ms),
+        ms(p.created.p99_ms),
+        ms(p.created.max_ms)
+    );
+    let _ = writeln!(
+        out,
+        "| PUT /api/tickets/:id answered → new price in the orders replica | {} | {} | {} | {} |",
+        p.updated.n,
+        ms(p.updated.p50_ms),
+        ms(p.updated.p99_ms),
+        ms(p.updated.max_ms)
+    );
+
+    let e = &r.expiration;
+    let _ = writeln!(
+        out,
+        "\n**Expiration accuracy** — {} orders with a {} s window, up to {} pending at once; delay after `expiresAt`, ms.\n",
+        e.orders, e.window_seconds, e.peak_pending
+    );
+    let _ = writeln!(out, "| event | n | p50 | p99 | max |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for (name, l) in [
+        ("`expiration.complete` published", &e.expiration_complete),
+        (
+            "order cancelled (`order.cancelled` published)",
+            &e.cancelled,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} |",
+            l.n,
+            ms(l.p50_ms),
+            ms(l.p99_ms),
+            ms(l.max_ms)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nNever seen cancelled on the bus: {}; not `cancelled` in GET /api/orders afterwards: {}.",
+        e.missed, e.not_cancelled_in_api
+    );
+
+    let c = &r.concurrency;
+    let _ = writeln!(
+        out,
+        "\n**Concurrency** — {} clients at once, each creating a ticket at 5 then updating it to 10 and to 15: \
+         {:.2} s, {} failed requests; tickets at 15 in tickets: {}/{}, in the orders replica (at version 2): {}/{} \
+         (settled {:.2} s after the last update); **{} inconsistent**.",
+        c.clients,
+        c.seconds,
+        c.failed_requests,
+        c.tickets_at_15,
+        c.clients,
+        c.replica_at_15,
+        c.clients,
+        c.settle_seconds,
+        c.inconsistent
+    );
+    let race = &r.race;
+    let _ = writeln!(
+        out,
+        "\n**Purchase race** — {} buyers for each of {} tickets ({} orders at once, {:.2} s): {} orders created, {} refused \
+         (`Ticket is already reserved`), {} other answers; the buyers' order lists hold {} orders for these tickets, \
+         {} tickets with exactly one.",
+        race.buyers,
+        race.tickets,
+        race.requests,
+        race.seconds,
+        race.orders_created,
+        race.refused,
+        race.other,
+        race.orders_listed,
+        race.tickets_with_one_order
+    );
+
+    let _ = writeln!(
+        out,
+        "\n**Memory and start-up** — resident set (MiB) idle after start-up and at its peak (VmHWM) by the end; start-up = process start → first 200 on `/readyz`, infrastructure already up.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| process | idle MiB | peak MiB | start-up ms (median of runs) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for mem in &r.memory {
+        let startup = r.startup.iter().find(|s| s.service == mem.process).map_or(
+            "(infrastructure)".to_owned(),
+            |s| {
+                let runs: Vec<String> = s.runs_ms.iter().map(|v| format!("{v:.0}")).collect();
+                format!("{:.0} ({})", s.median_ms, runs.join(", "))
+            },
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {} |",
+            mem.process, mem.idle_mib, mem.peak_mib, startup
+        );
+    }
+    out
+}
