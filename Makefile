@@ -5,6 +5,10 @@
 # `cargo run` (which runs it from the target dir it was built into).
 
 CARGO ?= cargo
+
+# One target directory shared by every clone (as .ci/run does): a fresh clone
+# builds only what differs. Set CARGO_TARGET_DIR to build elsewhere.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ticketing/target
 DEV := $(CARGO) run -q -p devstack --bin dev --
 
 .DEFAULT_GOAL := help
@@ -44,9 +48,11 @@ fuzz: bootstrap ## Fuzz every API route through the ingress: no 5xx, every 4xx i
 # binaries it measures are the ones built next to it). The report is printed
 # and saved to bench-results/report.md and .json; BENCH_* knobs in
 # tools/bench/src/main.rs.
+# The binary is run directly: `cargo run -p bench` would resolve features for
+# bench alone and build half the dependencies a second time.
 bench: bootstrap ## Measure the release fleet: throughput, latency, propagation, expiry, races, memory, start-up
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) run -q --release -p bench
+	"$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/bench"
 
 check-deploy: bootstrap ## Offline checks of infra/k8s, skaffold.yaml, Dockerfile.template and .github/
 	$(CARGO) build --workspace --bins

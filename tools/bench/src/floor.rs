@@ -305,6 +305,11 @@ impl MongoFloors {
         })
     }
 
+    /// The orders service's replica of the tickets.
+    pub fn orders_replica(&self) -> mongodb::Collection<Document> {
+        self.client.database("orders").collection("tickets")
+    }
+
     /// `POST /api/orders`: reads the ticket from the replica, then inserts
     /// the order with its event in its outbox.
     pub fn create_order(&self) -> Op {

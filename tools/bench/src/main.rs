@@ -11,7 +11,7 @@
 //! Knobs (environment): `BENCH_DURATION` (seconds per HTTP run of a
 //! service, default 5), `BENCH_FLOOR_DURATION` (of a floor, 3),
 //! `BENCH_WARMUP` (1), `BENCH_CONNECTIONS` (32), `BENCH_WINDOW`
-//! (`EXPIRATION_WINDOW_SECONDS`, 45), `BENCH_TICKETS` (propagation tickets,
+//! (`EXPIRATION_WINDOW_SECONDS`, 30: longer than the propagation run, so that no order expires during it), `BENCH_TICKETS` (propagation tickets,
 //! 1000), `BENCH_LOG` (the services' `RUST_LOG`, default `warn`),
 //! `BENCH_OUT` (the report's directory).
 
@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         duration_seconds: env_or("BENCH_DURATION", 5.0)?,
         floor_seconds: env_or("BENCH_FLOOR_DURATION", 3.0)?,
         warmup_seconds: env_or("BENCH_WARMUP", 1.0)?,
-        expiration_window_seconds: env_or("BENCH_WINDOW", 45)?,
+        expiration_window_seconds: env_or("BENCH_WINDOW", 30)?,
         propagation_tickets: env_or("BENCH_TICKETS", 1000)?,
         propagation_pipelines: PIPELINES,
         service_log: env_or("BENCH_LOG", "warn".to_owned())?,
@@ -325,16 +325,8 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         begun,
         "the concurrency scenario: 400 clients create, update to 10, update to 15",
     );
-    let (concurrency, orders) =
-        scenarios::concurrency(&api, &seller, &buyers[0], &quiet, CLIENTS).await?;
-    cancel_all(
-        &api,
-        orders
-            .into_iter()
-            .map(|id| (buyers[0].clone(), id))
-            .collect(),
-    )
-    .await?;
+    let concurrency =
+        scenarios::concurrency(&api, &seller, &floors.orders_replica(), &quiet, CLIENTS).await?;
     progress(begun, "the purchase race: 50 buyers for each of 20 tickets");
     let (race, orders) = scenarios::race(&api, &seller, &race_buyers, &quiet, RACE_TICKETS).await?;
     cancel_all(
