@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/ticketing/target
 DEV := $(CARGO) run -q -p devstack --bin dev --
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test bench check-deploy fuzz build fmt lint clean-dev bootstrap
+.PHONY: help dev test bench release check-deploy fuzz build fmt lint clean-dev bootstrap
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,12 +47,15 @@ fuzz: bootstrap ## Fuzz every API route through the ingress: no 5xx, every 4xx i
 # The release fleet on ephemeral infrastructure, measured by tools/bench (the
 # binaries it measures are the ones built next to it). The report is printed
 # and saved to bench-results/report.md and .json; BENCH_* knobs in
-# tools/bench/src/main.rs.
-# The binary is run directly: `cargo run -p bench` would resolve features for
-# bench alone and build half the dependencies a second time.
-bench: bootstrap ## Measure the release fleet: throughput, latency, propagation, expiry, races, memory, start-up
-	$(CARGO) build --release --workspace --bins
+# tools/bench/src/main.rs. The installs (network) and the release build (CPU)
+# run side by side. The binary is run directly: `cargo run -p bench` would
+# resolve features for bench alone and build half the dependencies again.
+bench: ## Measure the release fleet: throughput, latency, propagation, expiry, races, memory, start-up
+	@$(MAKE) --no-print-directory -j2 bootstrap release
 	"$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/bench"
+
+release: ## Build all binaries, optimised
+	$(CARGO) build --release --workspace --bins
 
 check-deploy: bootstrap ## Offline checks of infra/k8s, skaffold.yaml, Dockerfile.template and .github/
 	$(CARGO) build --workspace --bins
