@@ -400,12 +400,21 @@ pub async fn concurrency(
     }
     let seconds = begun.elapsed().as_secs_f64();
 
+    let shown = futures::stream::iter(ids.clone())
+        .map(|id| {
+            let api = api.clone();
+            async move {
+                let ticket = api.get(&format!("/api/tickets/{id}"), None).await?;
+                let at_15 = ticket.status == 200 && ticket.body["price"].as_f64() == Some(15.0);
+                anyhow::Ok(at_15.then_some(id))
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
     let mut tickets_ok = HashSet::new();
-    for id in &ids {
-        let ticket = api.get(&format!("/api/tickets/{id}"), None).await?;
-        if ticket.status == 200 && ticket.body["price"].as_f64() == Some(15.0) {
-            tickets_ok.insert(id.clone());
-        }
+    for id in shown {
+        tickets_ok.extend(id?);
     }
     let settle = quiet.settle(Duration::from_secs(120)).await?;
 
