@@ -508,6 +508,37 @@ struct Runner<L> {
     listener: L,
 }
 
+/// How long the runner waits before re-creating a consumer: 1 s after a
+/// first failure, doubling while failures follow each other, at most 30 s.
+/// A pull that had been running for a while before it failed starts the
+/// count afresh, so a long-lived service that met a few blips over the days
+/// (a NATS restart, missed heartbeats under load) still recovers in a second.
+#[derive(Debug, Default)]
+struct Restarts {
+    failures: u32,
+}
+
+impl Restarts {
+    /// A pull that counts as healthy: it outlived one pull request.
+    const HEALTHY: Duration = PULL_EXPIRES;
+
+    /// The pull failed after running for `ran_for`.
+    fn pull_failed(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= Self::HEALTHY {
+            self.failures = 0;
+        }
+        self.recreate_failed()
+    }
+
+    /// Another failure in a row.
+    fn recreate_failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis(500)
+            .saturating_mul(1 << self.failures.min(6))
+            .min(Duration::from_secs(30))
+    }
+}
+
 /// What to do with a message once its handling is over.
 enum Verdict {
     Ack,
@@ -524,24 +555,22 @@ impl<L: Listener> Runner<L> {
         mut consumer: PullConsumer,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut failures: u32 = 0;
+        let mut restarts = Restarts::default();
         info!(consumer = %self.name, subject = %self.bus.subject(<L::Event as Event>::SUBJECT), "listening");
         loop {
-            match self.pull(&consumer, &shutdown).await {
+            let pulling = Instant::now();
+            let mut delay = match self.pull(&consumer, &shutdown).await {
                 Ok(()) => {
                     info!(consumer = %self.name, "listener stopped");
                     return Ok(());
                 }
                 Err(err) => {
-                    failures = failures.saturating_add(1);
                     warn!(consumer = %self.name, error = format!("{err:#}"), "pulling failed; restarting the consumer");
+                    restarts.pull_failed(pulling.elapsed())
                 }
-            }
+            };
             // Wait, then re-create the consumer (and the stream, if the server lost it).
             loop {
-                let delay = Duration::from_millis(500)
-                    .saturating_mul(1 << failures.min(6))
-                    .min(Duration::from_secs(30));
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return Ok(()),
@@ -568,8 +597,8 @@ impl<L: Listener> Runner<L> {
                         break;
                     }
                     Err(err) => {
-                        failures = failures.saturating_add(1);
                         warn!(consumer = %self.name, error = format!("{err:#}"), "cannot re-create the consumer yet");
+                        delay = restarts.recreate_failed();
                     }
                 }
             }
@@ -783,6 +812,23 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(config.retry_delay(0), Duration::from_secs(1));
         assert_eq!(config.retry_delay(u64::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn consumer_restarts_back_off_but_a_healthy_pull_starts_afresh() {
+        let mut restarts = Restarts::default();
+        let quick = Duration::from_millis(10);
+        let delays: Vec<u64> = (0..8)
+            .map(|_| restarts.pull_failed(quick).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(restarts.recreate_failed(), Duration::from_secs(30));
+        // Hours later, after a pull that ran fine: back to the first step.
+        assert_eq!(
+            restarts.pull_failed(Restarts::HEALTHY),
+            Duration::from_secs(1)
+        );
+        assert_eq!(restarts.recreate_failed(), Duration::from_secs(2));
     }
 
     #[test]
