@@ -194,7 +194,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
     let bare = BareFleet::start(canned).await?;
     let seed_ids: Vec<ObjectId> = seed
         .iter()
-        .map(|id| ObjectId::parse_str(id))
+        .map(ObjectId::parse_str)
         .collect::<Result<_, _>>()?;
     let floors = MongoFloors::connect(&infra.mongo_uri, seed_ids, seller.email.clone()).await?;
 
