@@ -94,6 +94,7 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
+use crate::backoff;
 use crate::events::Event;
 use crate::metrics::{self, EventOutcome};
 
@@ -191,10 +192,11 @@ impl BusConfig {
 
     /// The NAK delay after the `delivered`-th delivery failed: base × 2^(n−1), capped.
     pub fn retry_delay(&self, delivered: u64) -> Duration {
-        let doublings = delivered.saturating_sub(1).min(20) as u32;
-        self.retry_base_delay
-            .saturating_mul(1 << doublings)
-            .min(self.retry_max_delay)
+        backoff::doubling(
+            self.retry_base_delay,
+            delivered.saturating_sub(1),
+            self.retry_max_delay,
+        )
     }
 }
 
@@ -533,9 +535,11 @@ impl Restarts {
     /// Another failure in a row.
     fn recreate_failed(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        Duration::from_millis(500)
-            .saturating_mul(1 << self.failures.min(6))
-            .min(Duration::from_secs(30))
+        backoff::doubling(
+            Duration::from_millis(500),
+            u64::from(self.failures),
+            Duration::from_secs(30),
+        )
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`config`], [`telemetry`], [`health`], [`server`]: typed settings from the
 //!   environment, logs with a request id, `/healthz` + `/readyz`, and serving
 //!   with graceful shutdown.
+//! - [`backoff`]: the doubling delay every retry uses.
 //! - [`mongo`]: connecting, readiness, and the duplicate-key helper.
 //! - [`outbox`]: no lost events — the event is written in the same document
 //!   as the change, and a relay publishes it.
@@ -22,6 +23,7 @@
 //!   every service (requests per route, events per consumer, outbox backlog);
 //!   [`openapi`]: what each API service's `GET /openapi.json` is built from.
 
+pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod error;

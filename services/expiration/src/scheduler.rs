@@ -123,9 +123,11 @@ impl Scheduler {
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
-                    let backoff = Duration::from_millis(100)
-                        .saturating_mul(1 << failures.min(6))
-                        .min(Duration::from_secs(5));
+                    let backoff = common::backoff::doubling(
+                        Duration::from_millis(100),
+                        u64::from(failures),
+                        Duration::from_secs(5),
+                    );
                     warn!(error = %err, ?backoff, "could not claim due jobs; retrying");
                     backoff
                 }

@@ -69,10 +69,11 @@ impl TicketUpdatedListener {
 /// behind, patient when its publisher is down (about 7 minutes over the
 /// default 20 deliveries).
 pub fn early_update_delay(delivered: u64) -> Duration {
-    let doublings = delivered.saturating_sub(1).min(10) as u32;
-    Duration::from_millis(500)
-        .saturating_mul(1 << doublings)
-        .min(Duration::from_secs(30))
+    common::backoff::doubling(
+        Duration::from_millis(500),
+        delivered.saturating_sub(1),
+        Duration::from_secs(30),
+    )
 }
 
 #[async_trait]
