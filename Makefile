@@ -52,7 +52,7 @@ fuzz: bootstrap ## Fuzz every API route through the ingress: no 5xx, every 4xx i
 # resolve features for bench alone and build half the dependencies again.
 bench: ## Measure the release fleet: throughput, latency, propagation, expiry, races, memory, start-up
 	@$(MAKE) --no-print-directory -j2 bootstrap release
-	"$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/bench"
+	"$(CARGO_TARGET_DIR)/release/bench"
 
 release: ## Build all binaries, optimised
 	$(CARGO) build --release --workspace --bins

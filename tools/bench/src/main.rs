@@ -11,7 +11,8 @@
 //! Knobs (environment): `BENCH_DURATION` (seconds per HTTP run of a
 //! service, default 5), `BENCH_FLOOR_DURATION` (of a floor, 3),
 //! `BENCH_WARMUP` (1), `BENCH_CONNECTIONS` (32), `BENCH_WINDOW`
-//! (`EXPIRATION_WINDOW_SECONDS`, 30: longer than the propagation run, so that no order expires during it), `BENCH_TICKETS` (propagation tickets,
+//! (`EXPIRATION_WINDOW_SECONDS`, 30: longer than the propagation run, so
+//! that no order expires during it), `BENCH_TICKETS` (propagation tickets,
 //! 1000), `BENCH_LOG` (the services' `RUST_LOG`, default `warn`),
 //! `BENCH_OUT` (the report's directory).
 

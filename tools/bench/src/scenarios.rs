@@ -427,17 +427,7 @@ pub async fn concurrency(
     let mut cursor = replica.find(doc! {"_id": {"$in": wanted}}).await?;
     let mut replica_ok = HashSet::new();
     while let Some(ticket) = cursor.try_next().await? {
-        let cents = match ticket.get("price") {
-            Some(Bson::Int64(n)) => Some(*n),
-            Some(Bson::Int32(n)) => Some(i64::from(*n)),
-            _ => None,
-        };
-        let version = match ticket.get("version") {
-            Some(Bson::Int64(n)) => Some(*n),
-            Some(Bson::Int32(n)) => Some(i64::from(*n)),
-            _ => None,
-        };
-        if cents == Some(1500) && version == Some(2) {
+        if integer(&ticket, "price") == Some(1500) && integer(&ticket, "version") == Some(2) {
             replica_ok.insert(ticket.get_object_id("_id")?.to_hex());
         }
     }
@@ -456,6 +446,15 @@ pub async fn concurrency(
         // Lost creations count too: every client's ticket must be right.
         inconsistent: clients - consistent,
     })
+}
+
+/// An integer field of a stored document, whichever width it was stored in.
+fn integer(document: &Document, field: &str) -> Option<i64> {
+    match document.get(field)? {
+        Bson::Int64(n) => Some(*n),
+        Bson::Int32(n) => Some(i64::from(*n)),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
