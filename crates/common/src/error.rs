@@ -85,6 +85,11 @@ pub enum Error {
         #[source]
         source: anyhow::Error,
     },
+    /// 503 `Service is busy, try again later` with `Retry-After`: a bound on
+    /// queued work was reached, and the request was refused at once rather
+    /// than queued past what can be served in time.
+    #[error("overloaded; retry after {retry_after:?}")]
+    Overloaded { retry_after: std::time::Duration },
     /// 500 `Something went wrong`; the cause is logged, never sent.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -112,6 +117,7 @@ impl Error {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -130,6 +136,7 @@ impl Error {
             Self::NotFound => message("Not Found"),
             Self::PayloadTooLarge => message("Request body is too large"),
             Self::Upstream { message: m, .. } => message(m),
+            Self::Overloaded { .. } => message("Service is busy, try again later"),
             Self::Unexpected(_) => message("Something went wrong"),
         }
     }
@@ -153,7 +160,15 @@ impl IntoResponse for Error {
         let body = ErrorBody {
             errors: self.items(),
         };
-        (self.status(), axum::Json(body)).into_response()
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let Self::Overloaded { retry_after } = self {
+            // Whole seconds, at least one (RFC 9110 §10.2.3).
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -253,6 +268,16 @@ mod tests {
                 {"message":"You must supply a password","field":"password"}
             ]})
         );
+    }
+
+    #[test]
+    fn overloaded_is_503_with_retry_after_in_the_errors_shape() {
+        let response = Error::Overloaded {
+            retry_after: std::time::Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "2");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `bus_published_total` | counter | `subject`, `outcome` (`ok`, `error`) | [`crate::bus::Bus::publish_raw`] |
 //! | `outbox_backlog` | gauge | `collection` | the outbox [`crate::outbox::Relay`]: events its last scan found and could not publish |
 //! | `outbox_published_total` | counter | `collection` | the relay, per event published |
+//! | `requests_refused_total` | counter | `reason` | [`record_refused`]: requests turned away with 503 because a bound was reached (auth: `password_hash_queue`) |
 //!
 //! plus what a service adds with [`gauge`] (expiration: `expiration_jobs_pending`).
 //!
@@ -109,6 +110,11 @@ struct CollectionLabels {
     collection: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// What the listener runner did with one delivery (the `outcome` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -147,6 +153,7 @@ struct Metrics {
     published: Family<PublishLabels, Counter>,
     outbox_backlog: Family<CollectionLabels, Gauge>,
     outbox_published: Family<CollectionLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -198,6 +205,12 @@ impl Metrics {
             "Outbox events the relay published",
             outbox_published.clone(),
         );
+        let refused = Family::default();
+        registry.register(
+            "requests_refused",
+            "Requests turned away with 503 because a bound was reached, by reason",
+            refused.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             custom: Mutex::new(HashMap::new()),
@@ -208,6 +221,7 @@ impl Metrics {
             published,
             outbox_backlog,
             outbox_published,
+            refused,
         }
     }
 }
@@ -252,6 +266,15 @@ pub fn gauge(name: &str, help: &str) -> Gauge {
             gauge
         })
         .clone()
+}
+
+/// One request turned away because the bound named `reason` was reached
+/// (`requests_refused_total{reason}`).
+pub fn record_refused(reason: &'static str) {
+    METRICS
+        .refused
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
 }
 
 /// Marks a response as not served by any route (the fleet's 404 fallback), so

@@ -6,7 +6,8 @@
 //!
 //! - [`routes::users`]: the four routes and their rules.
 //! - [`store`]: the user documents and the unique index on email.
-//! - [`password`]: argon2id hashing off the async runtime.
+//! - [`password`]: argon2id hashing off the async runtime, in bounded memory
+//!   and with a bounded queue.
 
 pub mod password;
 pub mod routes;
@@ -33,6 +34,10 @@ pub struct Settings {
     pub jwt_key: Secret,
     /// Local development: readable logs, cookies without `Secure`.
     pub development: bool,
+    /// At most this many passwords queued or being hashed at once; one more
+    /// sign-up or sign-in is refused with 503 and `Retry-After`
+    /// (`PASSWORD_QUEUE_LIMIT`, default 32 per core).
+    pub password_queue_limit: usize,
 }
 
 impl Settings {
@@ -43,6 +48,8 @@ impl Settings {
             mongo_uri: env.required("MONGO_URI")?,
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
+            password_queue_limit: env
+                .parse_or("PASSWORD_QUEUE_LIMIT", password::default_queue_limit())?,
         })
     }
 }
@@ -52,6 +59,7 @@ impl Settings {
 pub struct AppState {
     pub users: store::Users,
     pub sessions: Sessions,
+    pub hasher: password::Hasher,
 }
 
 impl FromRef<AppState> for Sessions {
@@ -104,6 +112,7 @@ impl Application {
         let state = AppState {
             users,
             sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+            hasher: password::Hasher::new(settings.password_queue_limit),
         };
         let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
         Ok(Self {

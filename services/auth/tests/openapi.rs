@@ -10,6 +10,7 @@ async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        password_queue_limit: auth::password::default_queue_limit(),
     };
     let app = Application::build(settings)
         .await

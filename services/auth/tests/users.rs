@@ -9,11 +9,16 @@ use serde_json::json;
 use testkit::{Reply, TestApp};
 
 async fn spawn_auth() -> TestApp {
+    spawn_auth_with_queue(auth::password::default_queue_limit()).await
+}
+
+async fn spawn_auth_with_queue(password_queue_limit: usize) -> TestApp {
     let settings = Settings {
         port: 0,
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        password_queue_limit,
     };
     let app = Application::build(settings)
         .await
@@ -189,6 +194,55 @@ async fn signin_takes_similar_time_for_an_unknown_email_and_a_wrong_password() {
         unknown * 2 >= wrong && wrong * 2 >= unknown,
         "unknown email {unknown:?} vs wrong password {wrong:?}"
     );
+}
+
+#[tokio::test]
+async fn a_burst_past_the_password_queue_is_refused_with_503_and_retry_after() {
+    // Room for two hashes at once: of 16 sign-ins arriving together, the
+    // ones that find the queue full are answered at once, not queued.
+    let app = spawn_auth_with_queue(2).await;
+    signup(&app, "burst@test.com", "password")
+        .await
+        .assert_status(201);
+    let started = Instant::now();
+    let replies = futures::future::join_all((0..16).map(|_| {
+        app.post(
+            "/api/users/signin",
+            None,
+            json!({"email": "burst@test.com", "password": "password"}),
+        )
+    }))
+    .await;
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    let served = replies.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        served + refused.len(),
+        16,
+        "only 200 or 503: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(served >= 2, "the first two are always served: {served}");
+    assert!(
+        !refused.is_empty(),
+        "16 at once over a queue of 2 refuse some"
+    );
+    for reply in refused {
+        reply.assert_error(503, "Service is busy, try again later");
+        assert_eq!(reply.headers["retry-after"], "1");
+        assert!(reply.set_cookies().is_empty());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the refused ones did not wait for the others"
+    );
+    // Once the burst is over, sign-in works again.
+    app.post(
+        "/api/users/signin",
+        None,
+        json!({"email": "burst@test.com", "password": "password"}),
+    )
+    .await
+    .assert_status(200);
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    AppState, password,
+    AppState,
     store::{InsertError, User},
 };
 
@@ -113,6 +113,8 @@ const PASSWORD_LENGTH: std::ops::RangeInclusive<usize> = 8..=128;
             headers(("set-cookie" = String, description = "The `session` cookie"))),
         (status = 400, description = "`Email must be valid`, `Password must be between 8 and 128 characters` (per field), `Email in use`, or a body that is not the JSON expected", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 503, description = "`Service is busy, try again later`: too many passwords waiting to be hashed; `Retry-After` says when to try again", body = ErrorBody,
+            headers(("retry-after" = String, description = "Seconds to wait"))),
     ),
 )]
 #[tracing::instrument(skip_all)]
@@ -128,7 +130,7 @@ async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) ->
     let user = User {
         id: ObjectId::new(),
         email,
-        password: password::hash(password).await?,
+        password: state.hasher.hash(password).await?,
     };
     match state.users.insert(&user).await {
         Ok(()) => {}
@@ -151,6 +153,8 @@ async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) ->
             headers(("set-cookie" = String, description = "The `session` cookie"))),
         (status = 400, description = "`Email must be valid`, `You must supply a password` (per field), `Invalid credentials`, or a body that is not the JSON expected", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 503, description = "`Service is busy, try again later`: too many passwords waiting to be hashed; `Retry-After` says when to try again", body = ErrorBody,
+            headers(("retry-after" = String, description = "Seconds to wait"))),
     ),
 )]
 #[tracing::instrument(skip_all)]
@@ -158,7 +162,10 @@ async fn signin(State(state): State<AppState>, Json(body): Json<Credentials>) ->
     let (email, password) = body.validate(|p| !p.is_empty(), "You must supply a password")?;
 
     let user = state.users.find_by_email(&email).await?;
-    let matches = password::verify(password, user.as_ref().map(|u| u.password.clone())).await?;
+    let matches = state
+        .hasher
+        .verify(password, user.as_ref().map(|u| u.password.clone()))
+        .await?;
     match user {
         Some(user) if matches => signed_in(&state.sessions, StatusCode::OK, &user),
         _ => Err(Error::bad_request("Invalid credentials")),
