@@ -9,6 +9,9 @@ CARGO ?= cargo
 # One target directory shared by every clone (as .ci/run does): a fresh clone
 # builds only what differs. Set CARGO_TARGET_DIR to build elsewhere.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/ticketing/target
+# Binaries built in another clone may be reused from that shared directory:
+# the launcher, the tests and the bench use the checkout they are run in.
+export TICKETING_ROOT := $(CURDIR)
 DEV := $(CARGO) run -q -p devstack --bin dev --
 
 .DEFAULT_GOAL := help

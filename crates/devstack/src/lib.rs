@@ -21,6 +21,7 @@
 pub mod fleet;
 pub mod infra;
 pub mod ingress;
+pub mod mongo;
 pub mod output;
 pub mod paths;
 pub mod probe;

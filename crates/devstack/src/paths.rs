@@ -1,9 +1,15 @@
 //! Where things are on disk.
 //!
-//! The workspace root is known at compile time (this crate lives at
-//! `<root>/crates/devstack`), so the launcher and the tests find the repository
-//! wherever they are run from. `TICKETING_ROOT` overrides it, for a binary that
-//! was built in one checkout and runs against another.
+//! The repository root is the checkout the launcher or test is *run* in:
+//! `$TICKETING_ROOT` if set (the Makefile sets it), else the nearest
+//! directory at or above the current one that holds `infra/routes.json` and
+//! `scripts/bootstrap.sh` (`cargo test` runs every test binary inside its
+//! package, so in the clone it was run from). Only outside any checkout does
+//! it fall back to the one this crate was compiled in. Never the compiled-in
+//! one first: every clone shares one cargo target directory, and cargo
+//! reuses a build of another clone whose files are newer than this clone's,
+//! so a compiled-in path can name the wrong clone (its `.dev/data` with
+//! it).
 //!
 //! Everything `scripts/bootstrap.sh` installs lives under `<root>/.dev`
 //! (git-ignored): the python venv with nats-server and SecantusDB, the npm tools,
@@ -13,16 +19,30 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-/// The repository root: `$TICKETING_ROOT` if set, else the checkout this crate
-/// was compiled from.
+/// The repository root: `$TICKETING_ROOT` if set, else the checkout around
+/// the current directory, else the one this crate was compiled from.
 pub fn workspace_root() -> PathBuf {
-    match std::env::var_os("TICKETING_ROOT") {
-        Some(root) if !root.is_empty() => PathBuf::from(root),
-        _ => {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            root.canonicalize().unwrap_or(root)
-        }
+    if let Some(root) = std::env::var_os("TICKETING_ROOT").filter(|root| !root.is_empty()) {
+        return PathBuf::from(root);
     }
+    if let Some(root) = std::env::current_dir()
+        .ok()
+        .and_then(|dir| checkout_around(&dir))
+    {
+        return root;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The nearest directory at or above `dir` that is a Ticketing checkout.
+pub fn checkout_around(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|candidate| {
+            candidate.join("infra/routes.json").is_file()
+                && candidate.join("scripts/bootstrap.sh").is_file()
+        })
+        .map(Path::to_path_buf)
 }
 
 /// `<root>/.dev`, where bootstrap installs local tools and `make dev` keeps data.
@@ -65,7 +85,8 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|candidate| is_executable(candidate))
 }
 
-fn is_executable(path: &Path) -> bool {
+/// Whether `path` is a file this user may run.
+pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()
         .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
@@ -147,6 +168,23 @@ mod tests {
         let path = dir.path().to_path_buf();
         drop(dir);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_checkout_is_found_from_any_directory_inside_it() {
+        let clone = TempDir::new("devstack-checkout-test").unwrap();
+        let root = clone.path();
+        std::fs::create_dir_all(root.join("infra")).unwrap();
+        std::fs::create_dir_all(root.join("scripts")).unwrap();
+        std::fs::create_dir_all(root.join("crates/devstack/src")).unwrap();
+        std::fs::write(root.join("infra/routes.json"), "{}").unwrap();
+        std::fs::write(root.join("scripts/bootstrap.sh"), "").unwrap();
+        assert_eq!(checkout_around(root).as_deref(), Some(root));
+        assert_eq!(
+            checkout_around(&root.join("crates/devstack/src")).as_deref(),
+            Some(root)
+        );
+        assert_eq!(checkout_around(Path::new("/")), None);
     }
 
     #[test]

@@ -29,6 +29,63 @@ fn infra_runs_the_command_with_test_endpoints_and_its_exit_code() {
     assert!(urls[3].starts_with("http://127.0.0.1:"), "{stdout}");
 }
 
+/// Every clone shares one target directory, so this binary may have been
+/// built in another clone: run from a second checkout, it must use that
+/// checkout (its `.dev/`), not the one it was compiled in.
+#[test]
+fn the_launcher_uses_the_checkout_it_is_run_in_not_the_one_it_was_built_in() {
+    let other = std::env::temp_dir().join(format!("devstack-second-clone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&other);
+    std::fs::create_dir_all(other.join("infra")).unwrap();
+    std::fs::create_dir_all(other.join("scripts")).unwrap();
+    std::fs::create_dir_all(other.join("services/auth")).unwrap();
+    std::fs::write(other.join("infra/routes.json"), "{}").unwrap();
+    std::fs::write(other.join("scripts/bootstrap.sh"), "").unwrap();
+    let root_of = |cwd: &std::path::Path, root_var: Option<&std::path::Path>| {
+        let mut command = Command::new(DEV);
+        command
+            .arg("where")
+            .current_dir(cwd)
+            .env_remove("TICKETING_ROOT");
+        if let Some(root) = root_var {
+            command.env("TICKETING_ROOT", root);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let line = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(key).map(|rest| rest.trim().to_owned()))
+                .unwrap_or_else(|| panic!("no {key} line in {stdout}"))
+        };
+        (line("root"), line("dev"))
+    };
+    let expected = other.canonicalize().unwrap();
+    let (root, dev) = root_of(&other.join("services/auth"), None);
+    assert_eq!(
+        std::path::Path::new(&root).canonicalize().unwrap(),
+        expected
+    );
+    assert_eq!(
+        std::path::PathBuf::from(dev),
+        std::path::PathBuf::from(&root).join(".dev")
+    );
+    let built_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    assert_ne!(expected, built_in);
+    // TICKETING_ROOT (what the Makefile passes) wins over the directory.
+    let (root, _) = root_of(&other, Some(&built_in));
+    assert_eq!(std::path::PathBuf::from(root), built_in);
+    std::fs::remove_dir_all(&other).unwrap();
+}
+
 #[test]
 fn infra_without_a_command_is_a_usage_error() {
     let output = Command::new(DEV).args(["infra", "--"]).output().unwrap();

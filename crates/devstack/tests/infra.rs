@@ -127,3 +127,74 @@ async fn a_fixed_port_that_is_taken_fails_clearly() {
         "{error:#}"
     );
 }
+
+/// What bootstrap installed: both SecantusDB servers, unless the native one
+/// was skipped (`SECANTUS_NATIVE=0`) or a real mongod is used instead.
+fn secantus_servers() -> Vec<devstack::mongo::MongoServer> {
+    use devstack::mongo::{Candidates, MongoServer};
+    let installed = Candidates::detect();
+    let mut servers = vec![MongoServer::Python(
+        installed
+            .python
+            .clone()
+            .expect("bootstrap installs SecantusDB's Python server"),
+    )];
+    let native_expected = std::env::var("SECANTUS_NATIVE").as_deref() != Ok("0")
+        && installed.given.is_none()
+        && installed.on_path.is_none();
+    match installed.native {
+        Some(native) => servers.push(MongoServer::Native(native)),
+        None => assert!(
+            !native_expected,
+            "bootstrap builds SecantusDB's native server (.dev/bin/secantusd-rs)"
+        ),
+    }
+    servers
+}
+
+/// Both SecantusDB servers start standalone, answer the official driver's
+/// writes and reads, and keep what was written across a restart.
+#[tokio::test]
+async fn each_secantus_server_runs_standalone_and_survives_a_restart() {
+    use mongodb::bson::{Document, doc};
+    for server in secantus_servers() {
+        let flavor = server.flavor();
+        let mut infra = Infra::start(InfraOptions {
+            mongo: Some(server),
+            ..InfraOptions::ephemeral()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{flavor}: {e:#}"));
+        assert_eq!(infra.mongo_flavor(), flavor);
+        let client = mongodb::Client::with_uri_str(infra.mongo_uri())
+            .await
+            .unwrap();
+        let hello = client
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await
+            .unwrap();
+        assert!(
+            !hello.contains_key("setName"),
+            "{flavor} presents no replica set (--standalone): {hello}"
+        );
+        let records = client
+            .database("devstack_test")
+            .collection::<Document>("records");
+        records
+            .insert_one(doc! { "_id": 1, "flavor": flavor })
+            .await
+            .unwrap();
+
+        infra.restart_server("mongo").await.unwrap();
+        let found = records.find_one(doc! { "_id": 1 }).await.unwrap();
+        assert_eq!(
+            found
+                .and_then(|d| d.get_str("flavor").ok().map(str::to_owned))
+                .as_deref(),
+            Some(flavor),
+            "{flavor} keeps its data across a restart"
+        );
+        infra.stop().await.unwrap();
+    }
+}

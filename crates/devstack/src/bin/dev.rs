@@ -47,6 +47,7 @@ commands:
                                  the command gets BASE_URL (the ingress), <SERVICE>_URL (each
                                  service's own port, e.g. AUTH_URL), the TEST_* variables
                                  and EXPIRATION_WINDOW_SECONDS
+  where                          the checkout, its .dev/ and the MongoDB-wire server it runs
   help                           this text
 
 environment (dev up):
@@ -66,6 +67,7 @@ async fn main() -> ExitCode {
         Some("up") => up(&args[1..]).await.map(|()| ExitCode::SUCCESS),
         Some("infra") => infra(&args[1..]).await,
         Some("fleet") => fleet_command(&args[1..]).await,
+        Some("where") => where_command().map(|()| ExitCode::SUCCESS),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -79,6 +81,19 @@ async fn main() -> ExitCode {
         eprintln!("dev: error: {error:#}");
         ExitCode::FAILURE
     })
+}
+
+/// `dev where`: which checkout this run uses (the one it is run in, never
+/// the one it was compiled in) and which MongoDB-wire server it would start.
+fn where_command() -> anyhow::Result<()> {
+    let mongo = devstack::mongo::choose(&devstack::mongo::Candidates::detect());
+    println!("root  {}", paths::workspace_root().display());
+    println!("dev   {}", paths::dev_dir().display());
+    match mongo {
+        Ok(server) => println!("mongo {} ({})", server.flavor(), server.program().display()),
+        Err(err) => println!("mongo none: {err:#}"),
+    }
+    Ok(())
 }
 
 /// The launcher's own diagnostics (ingress warnings) on stderr; `DEV_LOG`
@@ -200,6 +215,7 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         output: out.clone(),
         ready_timeout: Duration::from_secs(60),
         stop_grace: Duration::from_secs(10),
+        mongo: None,
     };
 
     // Bound first, so a taken port fails before anything is started. IPv6
