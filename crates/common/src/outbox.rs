@@ -8,7 +8,11 @@
 //!
 //! The [`Relay`] then publishes what sits in outboxes, in array order, with
 //! the event's deterministic message id, and pulls each entry out once the
-//! stream has acknowledged it. If the process dies between the write and the
+//! stream has acknowledged it. It works in batches: the documents it was
+//! woken for (or that a scan found) are read in one query, all their
+//! entries are published before any ack is awaited, and every published
+//! entry of the batch is pulled out in one `update_many` — two database
+//! operations per batch, however many events it holds. If the process dies between the write and the
 //! publish, the entry is still in the document and the relay of the restarted
 //! (or of any other) replica publishes it; if it dies between the publish and
 //! the pull, the publish is repeated and JetStream drops the duplicate by its
@@ -26,7 +30,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::{
     Collection,
     bson::{self, Bson, Document, doc, oid::ObjectId},
@@ -35,13 +39,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{bus::Bus, events::Event, metrics};
+use crate::{
+    bus::{Bus, RawEvent},
+    events::Event,
+    metrics,
+};
 
 /// The document field that holds pending events.
 pub const FIELD: &str = "outbox";
 
-/// How many documents the relay publishes at once.
-const CONCURRENCY: usize = 16;
+/// How many events the relay publishes in one batch at most.
+const BATCH: usize = 256;
 
 /// A serialised event waiting in a document's outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +201,7 @@ impl Relay {
     }
 
     /// Publishes the outboxes of the documents `filter` selects; `Err` only
-    /// when they cannot be read.
+    /// when they cannot be read. See [`Self::publish_chunk`].
     async fn publish_all(&self, filter: Document) -> anyhow::Result<Scanned> {
         let documents: Vec<Document> = self
             .collection
@@ -204,109 +212,123 @@ impl Relay {
             .try_collect()
             .await
             .context("failed to read outboxes")?;
-        let results: Vec<Published> = futures::stream::iter(documents)
-            .map(|document| self.publish_document(document))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
         let mut scanned = Scanned {
             published: 0,
             remaining: 0,
             failure: None,
         };
-        for result in results {
-            scanned.published += result.published;
-            scanned.remaining += result.remaining;
-            if let Some(err) = result.failure {
-                scanned.failure.get_or_insert(err);
+        let mut chunk = Vec::new();
+        let mut entries = 0;
+        for document in documents {
+            entries += document.get_array(FIELD).map_or(0, Vec::len);
+            chunk.push(document);
+            if entries >= BATCH {
+                self.publish_chunk(std::mem::take(&mut chunk), &mut scanned)
+                    .await;
+                entries = 0;
             }
+        }
+        if !chunk.is_empty() {
+            self.publish_chunk(chunk, &mut scanned).await;
         }
         metrics::record_outbox_published(self.collection.name(), scanned.published);
         Ok(scanned)
     }
 
-    /// Publishes one document's entries in order, stopping at the first
-    /// failure so that a later event never overtakes an earlier one, then
-    /// pulls out what was published.
-    async fn publish_document(&self, document: Document) -> Published {
-        let pending = document.get_array(FIELD).map_or(0, Vec::len);
-        match self.publish_entries(document).await {
-            Ok(published) => Published {
-                published,
-                remaining: pending.saturating_sub(published),
-                failure: None,
-            },
-            Err((published, err)) => Published {
-                published,
-                remaining: pending.saturating_sub(published),
-                failure: Some(err),
-            },
-        }
-    }
-
-    /// [`Self::publish_document`]'s work; on failure, how many were published
-    /// (and pulled out) before it.
-    async fn publish_entries(&self, document: Document) -> Result<usize, (usize, anyhow::Error)> {
-        let fail = |err: anyhow::Error| (0, err);
-        let id = document
-            .get("_id")
-            .cloned()
-            .context("outbox document without _id")
-            .map_err(fail)?;
-        let entries: Vec<OutboxEvent> = match document.get_array(FIELD) {
-            Ok(array) => array
-                .iter()
-                .map(|entry| bson::from_bson(entry.clone()))
-                .collect::<Result<_, _>>()
-                .context("malformed outbox entry")
-                .map_err(fail)?,
-            Err(_) => return Ok(0),
-        };
-        let mut done = Vec::new();
-        let mut failure = None;
-        for entry in &entries {
-            match self
-                .bus
-                .publish_raw(
-                    &entry.subject,
-                    entry.schema_version,
-                    &entry.id,
-                    entry.payload.clone().into_bytes().into(),
-                )
-                .await
-            {
-                Ok(()) => done.push(entry.id.clone()),
+    /// Publishes the entries of `documents` in one batch (every publish sent
+    /// before any ack is awaited, each document's entries in order), then
+    /// pulls every published entry out of its document in one write for the
+    /// whole batch: the relay adds two database operations per batch, not
+    /// two per event. A document whose entry failed keeps it and the ones
+    /// after it, so a later event of a document never goes out without the
+    /// earlier one having gone out before it.
+    async fn publish_chunk(&self, documents: Vec<Document>, scanned: &mut Scanned) {
+        let mut ids = Vec::with_capacity(documents.len());
+        let mut owners = Vec::new();
+        let mut entries: Vec<OutboxEvent> = Vec::new();
+        for document in &documents {
+            let Some(id) = document.get("_id").cloned() else {
+                scanned
+                    .failure
+                    .get_or_insert_with(|| anyhow::anyhow!("outbox document without _id"));
+                continue;
+            };
+            let parsed: Result<Vec<OutboxEvent>, _> = match document.get_array(FIELD) {
+                Ok(array) => array
+                    .iter()
+                    .map(|entry| bson::from_bson(entry.clone()))
+                    .collect(),
+                Err(_) => continue,
+            };
+            match parsed {
+                Ok(parsed) => {
+                    owners.extend(std::iter::repeat_n(ids.len(), parsed.len()));
+                    entries.extend(parsed);
+                    ids.push(id);
+                }
                 Err(err) => {
-                    failure = Some(err);
-                    break;
+                    scanned.remaining += document.get_array(FIELD).map_or(0, Vec::len);
+                    scanned.failure.get_or_insert_with(|| {
+                        anyhow::Error::new(err).context(format!("malformed outbox entry in {id}"))
+                    });
                 }
             }
         }
-        if !done.is_empty() {
-            self.collection
-                .update_one(
-                    doc! { "_id": id },
-                    doc! { "$pull": { FIELD: { "id": { "$in": &done } } } },
-                )
-                .await
-                .context("failed to clear published outbox entries")
-                // Published but still in the outbox: the next scan publishes
-                // them again, and JetStream drops the duplicates.
-                .map_err(fail)?;
+        let raw: Vec<RawEvent<'_>> = entries
+            .iter()
+            .map(|entry| RawEvent {
+                subject: &entry.subject,
+                schema_version: entry.schema_version,
+                message_id: &entry.id,
+                payload: entry.payload.clone().into_bytes().into(),
+            })
+            .collect();
+        let results = self.bus.publish_batch(&raw).await;
+
+        // Per document, the published prefix of its entries.
+        let mut stopped = vec![false; ids.len()];
+        let mut done_ids = Vec::new();
+        let mut done_documents = HashSet::new();
+        for ((entry, owner), result) in entries.iter().zip(&owners).zip(results) {
+            if stopped[*owner] {
+                scanned.remaining += 1;
+                continue;
+            }
+            match result {
+                Ok(()) => {
+                    done_ids.push(entry.id.as_str());
+                    done_documents.insert(*owner);
+                }
+                Err(err) => {
+                    stopped[*owner] = true;
+                    scanned.remaining += 1;
+                    scanned.failure.get_or_insert(err);
+                }
+            }
         }
-        match failure {
-            Some(err) => Err((done.len(), err)),
-            None => Ok(done.len()),
+        if done_ids.is_empty() {
+            return;
+        }
+        let documents: Vec<&Bson> = done_documents.iter().map(|owner| &ids[*owner]).collect();
+        match self
+            .collection
+            .update_many(
+                doc! { "_id": { "$in": documents } },
+                doc! { "$pull": { FIELD: { "id": { "$in": &done_ids } } } },
+            )
+            .await
+        {
+            Ok(_) => scanned.published += done_ids.len(),
+            // Published but still in the outboxes: the next scan publishes
+            // them again, and JetStream drops the duplicates.
+            Err(err) => {
+                scanned.remaining += done_ids.len();
+                scanned.failure.get_or_insert(
+                    anyhow::Error::new(err).context("failed to clear published outbox entries"),
+                );
+            }
         }
     }
-}
-
-/// What publishing one document's outbox did.
-struct Published {
-    published: usize,
-    /// Entries it still holds.
-    remaining: usize,
-    failure: Option<anyhow::Error>,
 }
 
 /// What publishing a set of documents did.

@@ -117,3 +117,51 @@ async fn a_hint_publishes_at_once_and_a_republish_is_stored_once() {
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_large_backlog_goes_out_in_batches_each_document_in_order_and_leaves_no_entry() {
+    let (bus, collection) = setup().await;
+    // More entries than one batch holds (256): 300 documents, a creation and
+    // two updates each.
+    let ids: Vec<ObjectId> = (0..300).map(|_| ObjectId::new()).collect();
+    let documents: Vec<Document> = ids
+        .iter()
+        .map(|&id| {
+            let entries: Vec<_> = [
+                outbox::OutboxEvent::of(&ticket_created(id)).unwrap(),
+                outbox::OutboxEvent::of(&ticket_updated(id, 1)).unwrap(),
+                outbox::OutboxEvent::of(&ticket_updated(id, 2)).unwrap(),
+            ]
+            .iter()
+            .map(|entry| entry.to_bson().unwrap())
+            .collect();
+            doc! { "_id": id, "version": 2, "outbox": entries }
+        })
+        .collect();
+    collection.insert_many(documents).await.unwrap();
+
+    let (relay, _outbox) = Relay::new(bus.clone(), collection.clone());
+    assert_eq!(relay.backlog().await.unwrap(), 300);
+    assert_eq!(relay.publish_pending().await.unwrap(), 900);
+    assert_eq!(
+        relay.backlog().await.unwrap(),
+        0,
+        "every entry was pulled out"
+    );
+
+    let created = testkit::wait_for_published::<TicketCreated>(&bus, 300).await;
+    let updated = testkit::wait_for_published::<TicketUpdated>(&bus, 600).await;
+    assert_eq!(created.len(), 300);
+    assert_eq!(updated.len(), 600);
+    // Within each document, version 1 was stored before version 2.
+    for id in &ids {
+        let versions: Vec<i64> = updated
+            .iter()
+            .filter(|event| event.id == id.to_hex())
+            .map(|event| event.version)
+            .collect();
+        assert_eq!(versions, [1, 2], "ticket {id}");
+    }
+    // Nothing left to publish: a second pass publishes nothing.
+    assert_eq!(relay.publish_pending().await.unwrap(), 0);
+}
