@@ -50,6 +50,17 @@ fn json(status: StatusCode, body: Bytes) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The canned sign-in answer with its cookie.
+fn signed_in(status: StatusCode, canned: &Canned) -> Response {
+    let mut response = json(status, canned.signin.clone());
+    if let Some(cookie) = &canned.signin_cookie {
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
 fn bare_router(canned: Arc<Canned>) -> Router {
     Router::new()
         .route(
@@ -59,11 +70,13 @@ fn bare_router(canned: Arc<Canned>) -> Router {
         .route(
             "/api/users/signin",
             post(|State(c): State<Arc<Canned>>, Json(_): Json<Value>| async move {
-                let mut response = json(StatusCode::OK, c.signin.clone());
-                if let Some(cookie) = &c.signin_cookie {
-                    response.headers_mut().insert(header::SET_COOKIE, cookie.clone());
-                }
-                response
+                signed_in(StatusCode::OK, &c)
+            }),
+        )
+        .route(
+            "/api/users/signup",
+            post(|State(c): State<Arc<Canned>>, Json(_): Json<Value>| async move {
+                signed_in(StatusCode::CREATED, &c)
             }),
         )
         .route(
@@ -236,6 +249,46 @@ impl MongoFloors {
                 Ok(())
             })
         })
+    }
+
+    /// `POST /api/users/signup` looks the email up, then inserts the user
+    /// under a unique index on email (and hashes the password in between,
+    /// which no floor does).
+    pub async fn signup_user(&self) -> anyhow::Result<Op> {
+        let users = self
+            .client
+            .database("bench_floor")
+            .collection::<Document>("users");
+        users
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! {"email": 1})
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .unique(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        let run = std::process::id();
+        Ok(Arc::new(move |n| {
+            let users = users.clone();
+            Box::pin(async move {
+                let email = format!("floor-{run}-{n}@bench.test");
+                anyhow::ensure!(
+                    users.find_one(doc! {"email": &email}).await?.is_none(),
+                    "email in use"
+                );
+                users
+                    .insert_one(doc! {
+                        "_id": ObjectId::new(), "email": email,
+                        "password": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
+                    })
+                    .await?;
+                Ok(())
+            })
+        }))
     }
 
     /// `POST /api/tickets` inserts the ticket with its event in its outbox.

@@ -10,7 +10,8 @@
 //!
 //! Knobs (environment): `BENCH_DURATION` (seconds per HTTP run of a
 //! service, default 5), `BENCH_FLOOR_DURATION` (of a floor, 3),
-//! `BENCH_WARMUP` (1), `BENCH_CONNECTIONS` (32), `BENCH_WINDOW`
+//! `BENCH_WARMUP` (1), `BENCH_SIGNIN_DURATION` (the sign-in burst after
+//! which auth's peak memory is read, 10), `BENCH_CONNECTIONS` (32), `BENCH_WINDOW`
 //! (`EXPIRATION_WINDOW_SECONDS`, 30: longer than the propagation run, so
 //! that no order expires during it), `BENCH_TICKETS` (propagation tickets,
 //! 1000), `BENCH_LOG` (the services' `RUST_LOG`, default `warn`),
@@ -23,6 +24,7 @@ mod report;
 mod scenarios;
 mod stats;
 mod system;
+mod targets;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         duration_seconds: env_or("BENCH_DURATION", 5.0)?,
         floor_seconds: env_or("BENCH_FLOOR_DURATION", 3.0)?,
         warmup_seconds: env_or("BENCH_WARMUP", 1.0)?,
+        signin_seconds: env_or("BENCH_SIGNIN_DURATION", 10.0)?,
         expiration_window_seconds: env_or("BENCH_WINDOW", 30)?,
         propagation_tickets: env_or("BENCH_TICKETS", 1000)?,
         propagation_pipelines: PIPELINES,
@@ -230,18 +233,62 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         .await?,
     );
 
-    progress(begun, "POST /api/users/signin");
+    progress(
+        begun,
+        "POST /api/users/signin (auth's memory is read after it)",
+    );
     let signin = Bytes::from(json!({"email": seller.email, "password": api::PASSWORD}).to_string());
     let make: load::MakeRequest =
         Arc::new(move |_| Some(Req::post("/api/users/signin", signin.clone())));
+    let signin_runs = Runs {
+        shape: Shape {
+            duration: Duration::from_secs_f64(settings.signin_seconds),
+            ..runs.shape
+        },
+        ..runs
+    };
     routes.push(
         route(
             "POST /api/users/signin",
-            &runs,
+            &signin_runs,
             make,
             None,
             load::status_is(200),
             Some(("find_one({email})", floors.find_user_by_email())),
+        )
+        .await?,
+    );
+    let auth_signin_peak_mib = stack
+        .fleet()
+        .pid("auth")
+        .and_then(system::memory_kib)
+        .map(|(_, peak)| system::mib(peak));
+
+    progress(begun, "POST /api/users/signup");
+    let make: load::MakeRequest = {
+        let run = std::process::id();
+        let next = Arc::new(AtomicUsize::new(0));
+        Arc::new(move |_| {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let body =
+                json!({"email": format!("signup-{run}-{n}@bench.test"), "password": api::PASSWORD});
+            Some(Req::post(
+                "/api/users/signup",
+                Bytes::from(body.to_string()),
+            ))
+        })
+    };
+    routes.push(
+        route(
+            "POST /api/users/signup",
+            &runs,
+            make,
+            None,
+            load::status_is(201),
+            Some((
+                "find_one({email}) + insert_one(user), unique email",
+                floors.signup_user().await?,
+            )),
         )
         .await?,
     );
@@ -439,7 +486,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         })
         .collect();
 
-    Ok(Report {
+    let mut report = Report {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         machine: report::Machine::detect(mongo_flavor),
         settings: settings.clone(),
@@ -453,10 +500,15 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         memory,
         startup,
         orders_pool: pool.len(),
-    })
+        auth_signin_peak_mib,
+        targets: Vec::new(),
+    };
+    report.targets = targets::check(&report);
+    Ok(report)
 }
 
 /// Where and how long the HTTP runs go.
+#[derive(Clone, Copy)]
 struct Runs<'a> {
     ingress: std::net::SocketAddr,
     bare: std::net::SocketAddr,

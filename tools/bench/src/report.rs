@@ -14,6 +14,8 @@ pub struct Settings {
     pub duration_seconds: f64,
     pub floor_seconds: f64,
     pub warmup_seconds: f64,
+    /// The sign-in run's length (the auth memory burst).
+    pub signin_seconds: f64,
     pub expiration_window_seconds: u64,
     pub propagation_tickets: usize,
     pub propagation_pipelines: usize,
@@ -126,6 +128,10 @@ pub struct Report {
     pub startup: Vec<Startup>,
     /// Tickets available to the POST /api/orders run.
     pub orders_pool: usize,
+    /// auth's peak resident set (VmHWM) right after the sign-in burst, MiB.
+    pub auth_signin_peak_mib: Option<f64>,
+    /// Each target of the report, met or not (see [`crate::targets`]).
+    pub targets: Vec<crate::targets::Target>,
 }
 
 fn rate(value: f64) -> String {
@@ -174,6 +180,24 @@ pub fn markdown(r: &Report) -> String {
         r.fleet_start_seconds,
         r.total_seconds
     );
+
+    if !r.targets.is_empty() {
+        let met = r.targets.iter().filter(|t| t.met).count();
+        let _ = writeln!(out, "**Targets** — {met} of {} met.\n", r.targets.len());
+        let _ = writeln!(out, "| target | goal | measured | |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        for t in &r.targets {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                t.what,
+                t.goal,
+                t.measured,
+                if t.met { "met" } else { "**not met**" }
+            );
+        }
+        let _ = writeln!(out);
+    }
 
     let _ = writeln!(
         out,
@@ -331,7 +355,11 @@ pub fn markdown(r: &Report) -> String {
 
     let _ = writeln!(
         out,
-        "\n**Memory and start-up** — resident set (MiB) idle after start-up and at its peak (VmHWM) by the end; start-up = process start → first 200 on `/readyz`, infrastructure already up.\n"
+        "\n**Memory and start-up** — resident set (MiB) idle after start-up and at its peak (VmHWM) by the end; start-up = process start → first 200 on `/readyz`, infrastructure already up.{}\n",
+        r.auth_signin_peak_mib.map_or(String::new(), |mib| format!(
+            " auth's peak right after the sign-in burst ({} connections for {:.0} s): {mib:.1} MiB.",
+            s.connections, s.signin_seconds
+        ))
     );
     let _ = writeln!(
         out,
