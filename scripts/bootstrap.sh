@@ -12,11 +12,10 @@
 #               stripe-stateful-mock (Stripe fake), playwright-core
 #   system      redis-server and chromium from apt, only when missing
 #   .dev/bin/secantusd-rs
-#               unless a real `mongod` is on PATH (or $MONGOD is set):
-#               SecantusDB's native server (crate secantus-mdb), built once
-#               into ~/.cache/ticketing/secantus-mdb/<version> and shared by
-#               every clone and CI run; until it is built, or where it cannot
-#               be, the launcher runs the Python server instead
+#               with SECANTUS_NATIVE=1: SecantusDB's native server (crate
+#               secantus-mdb), built once into
+#               ~/.cache/ticketing/secantus-mdb/<version> and shared by every
+#               clone and CI run; run only with TICKETING_MONGO_SERVER=native
 #
 # Idempotent and fast on re-run: each step leaves a stamp in .dev/stamps that
 # records what it installed, and is skipped while the stamp matches and the
@@ -178,47 +177,44 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
 fi
 ok "$(command -v chromium || command -v chromium-browser)"
 
-# --- SecantusDB native server ------------------------------------------------
+# --- SecantusDB native server (opt-in) ------------------------------------------
 # The native build of the same storage engine and wire protocol: about six
-# times the Python server's write rate here. Built from crates.io with the
-# machine's Rust toolchain (it declares Rust 1.98 but builds and runs on
-# 1.95, hence --ignore-rust-version) and cmake (for WiredTiger), once per
-# version, into a cache outside the clone: ~8.5 min on 2 cores the first
-# time, nothing after. GPL-2.0: it runs as a separate process, never linked.
-# SECANTUS_NATIVE=0 skips it (the Python server then runs).
+# times the Python server's write rate here, but 0.5.3-beta.196 keeps a
+# unique index's old key after an update changes or unsets the field, which
+# breaks the orders service's one-order-per-ticket index (see
+# crates/devstack/src/mongo.rs). So it is built only on request
+# (SECANTUS_NATIVE=1) and run only on request (TICKETING_MONGO_SERVER=native,
+# e.g. for `make bench`). Built from crates.io with the machine's Rust
+# toolchain (it declares Rust 1.98 but builds and runs on 1.95, hence
+# --ignore-rust-version) and cmake (for WiredTiger), once per version, into a
+# cache outside the clone: ~8.5 min on 2 cores the first time, nothing after.
+# GPL-2.0: it runs as a separate process, never linked.
 SECANTUS_RS_VERSION="0.5.3-beta.196"
 CACHE="${TICKETING_CACHE:-$HOME/.cache/ticketing}"
 SECANTUS_RS_ROOT="$CACHE/secantus-mdb/$SECANTUS_RS_VERSION"
 SECANTUS_RS_BIN="$SECANTUS_RS_ROOT/bin/secantusd-rs"
-step "SecantusDB native server (secantus-mdb $SECANTUS_RS_VERSION)"
+step "SecantusDB native server (secantus-mdb $SECANTUS_RS_VERSION, opt-in)"
 mkdir -p "$DEV/bin"
-if command -v mongod >/dev/null || [[ -n "${MONGOD:-}" ]]; then
-    ok "a real mongod is used; not needed"
-elif [[ "${SECANTUS_NATIVE:-1}" == "0" ]]; then
-    ok "skipped (SECANTUS_NATIVE=0): the Python server runs"
-else
-    if [[ ! -x "$SECANTUS_RS_BIN" ]]; then
-        command -v cargo >/dev/null || die "cargo not found (needed to build secantusd-rs)"
-        command -v cmake >/dev/null || apt_install cmake
-        ok "building it once into $SECANTUS_RS_ROOT (about 8.5 min on 2 cores; log: $DEV/secantus-build.log)"
-        if cargo install secantus-mdb --version "$SECANTUS_RS_VERSION" --locked --ignore-rust-version \
-            --root "$SECANTUS_RS_ROOT" --target-dir "$CACHE/secantus-mdb/build" \
-            >"$DEV/secantus-build.log" 2>&1; then
-            # The build tree is ~1 GB and only needed again for another version.
-            rm -rf "$CACHE/secantus-mdb/build"
-        else
-            tail -n 20 "$DEV/secantus-build.log" >&2
-            printf '%sbootstrap: secantusd-rs did not build (log: %s); the Python server runs instead%s\n' \
-                "$RED" "$DEV/secantus-build.log" "$RESET" >&2
-        fi
-    fi
-    if [[ -x "$SECANTUS_RS_BIN" ]]; then
-        ln -sfn "$SECANTUS_RS_BIN" "$DEV/bin/secantusd-rs"
-        ok "$SECANTUS_RS_BIN (linked as .dev/bin/secantusd-rs)"
+if [[ ! -x "$SECANTUS_RS_BIN" && "${SECANTUS_NATIVE:-0}" == "1" ]]; then
+    command -v cargo >/dev/null || die "cargo not found (needed to build secantusd-rs)"
+    command -v cmake >/dev/null || apt_install cmake
+    ok "building it once into $SECANTUS_RS_ROOT (about 8.5 min on 2 cores; log: $DEV/secantus-build.log)"
+    if cargo install secantus-mdb --version "$SECANTUS_RS_VERSION" --locked --ignore-rust-version \
+        --root "$SECANTUS_RS_ROOT" --target-dir "$CACHE/secantus-mdb/build" \
+        >"$DEV/secantus-build.log" 2>&1; then
+        # The build tree is ~600 MB and only needed again for another version.
+        rm -rf "$CACHE/secantus-mdb/build"
+    else
+        tail -n 20 "$DEV/secantus-build.log" >&2
+        die "secantusd-rs did not build (log: $DEV/secantus-build.log)"
     fi
 fi
-if [[ ! -x "$DEV/bin/secantusd-rs" ]]; then
+if [[ -x "$SECANTUS_RS_BIN" ]]; then
+    ln -sfn "$SECANTUS_RS_BIN" "$DEV/bin/secantusd-rs"
+    ok "$SECANTUS_RS_BIN (linked as .dev/bin/secantusd-rs; runs with TICKETING_MONGO_SERVER=native)"
+else
     rm -f "$DEV/bin/secantusd-rs"
+    ok "not built (SECANTUS_NATIVE=1 builds it)"
 fi
 
 step "done: local infrastructure is in .dev/"

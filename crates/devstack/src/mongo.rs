@@ -4,16 +4,24 @@
 //!
 //! 1. **mongod**: the program `$MONGOD` names, else a `mongod` on `PATH` — the
 //!    real server, when a developer has one.
-//! 2. **SecantusDB native**: `secantusd-rs` (crate `secantus-mdb`), which
-//!    `scripts/bootstrap.sh` builds once into `~/.cache/ticketing` (shared by
-//!    every clone and CI run, keyed by version) and links as
-//!    `.dev/bin/secantusd-rs`. Same storage engine and wire protocol as the
-//!    Python server, about six times its write rate here.
-//! 3. **SecantusDB Python**: `secantusd-py` (PyPI `secantusdb`) in the
-//!    bootstrap venv, until the native one is built or where it cannot be.
+//! 2. **SecantusDB Python**: `secantusd-py` (PyPI `secantusdb`) in the
+//!    bootstrap venv.
+//!
+//! and, only when asked for with `TICKETING_MONGO_SERVER=native`,
+//! **SecantusDB native**: `secantusd-rs` (crate `secantus-mdb`), which
+//! `SECANTUS_NATIVE=1 scripts/bootstrap.sh` builds once into
+//! `~/.cache/ticketing` (shared by every clone and CI run, keyed by version)
+//! and links as `.dev/bin/secantusd-rs`. It is about six times faster than
+//! the Python server here, but version 0.5.3-beta.196 keeps a unique index's
+//! old key when an update changes or removes the indexed field (only a delete
+//! removes it): after an order is cancelled (`$unset: activeTicketId`) its
+//! ticket can never be ordered again, and the orders service's own tests
+//! fail. The fleet's one-order-per-ticket rule lives in exactly such an
+//! index, so the native server is not the default until that is fixed
+//! upstream ([`NATIVE_KNOWN_ISSUE`]).
 //!
 //! `TICKETING_MONGO_SERVER=mongod|native|python` insists on one (and fails
-//! when it is not installed), e.g. to run the tests on the fallback.
+//! when it is not installed).
 //!
 //! Both SecantusDB servers run with `--standalone`: by default they present a
 //! one-node replica set, which makes the driver send retryable writes and the
@@ -32,6 +40,10 @@ use crate::process::ProcessSpec;
 pub const MONGOD_VAR: &str = "MONGOD";
 /// The variable that insists on one server.
 pub const FORCE_VAR: &str = "TICKETING_MONGO_SERVER";
+
+/// Why the native server is only used when asked for (see the module docs).
+pub const NATIVE_KNOWN_ISSUE: &str = "secantusd-rs 0.5.3-beta.196 keeps a unique index's old key \
+     after an update changes or unsets the field, so a cancelled order's ticket stays reserved";
 
 /// The chosen server and its program.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +130,8 @@ impl Candidates {
 }
 
 /// The server to run: `$TICKETING_MONGO_SERVER`'s if set, else the first of
-/// mongod (given, then on `PATH`), SecantusDB native, SecantusDB Python.
+/// mongod (given, then on `PATH`) and SecantusDB Python. The native server
+/// only when asked for (see the module docs).
 pub fn choose(candidates: &Candidates) -> anyhow::Result<MongoServer> {
     let mongod = || {
         candidates
@@ -135,7 +148,7 @@ pub fn choose(candidates: &Candidates) -> anyhow::Result<MongoServer> {
         bail!("{MONGOD_VAR}={} is not an executable file", given.display());
     }
     let chosen = match candidates.forced.as_deref() {
-        None => mongod().or_else(native).or_else(python),
+        None => mongod().or_else(python),
         Some("mongod") => mongod(),
         Some("native") => native(),
         Some("python") => python(),
@@ -150,8 +163,8 @@ pub fn choose(candidates: &Candidates) -> anyhow::Result<MongoServer> {
              (or `make dev` / `make test`) first"
         ),
         (None, None) => bail!(
-            "no MongoDB-wire server found (mongod, .dev/bin/secantusd-rs or \
-             .dev/venv/bin/secantusd-py): run `scripts/bootstrap.sh` (or `make dev` / `make test`) first"
+            "no MongoDB-wire server found (mongod or .dev/venv/bin/secantusd-py): \
+             run `scripts/bootstrap.sh` (or `make dev` / `make test`) first"
         ),
     }
 }
@@ -189,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn a_real_mongod_wins_then_the_native_server_then_the_python_one() {
+    fn a_real_mongod_wins_then_the_python_server_and_the_native_one_only_when_asked() {
         let programs = Programs::new();
         let all = programs.all();
         assert_eq!(
@@ -211,18 +224,30 @@ mod tests {
             on_path: None,
             ..all.clone()
         };
-        let native = choose(&no_mongod).unwrap();
+        let python = choose(&no_mongod).unwrap();
+        assert_eq!(python, MongoServer::Python(programs.make("secantusd-py")));
+        assert_eq!(python.flavor(), "SecantusDB Python");
+        assert!(
+            NATIVE_KNOWN_ISSUE.contains("unique index"),
+            "the native server, although installed, waits for its index fix"
+        );
+
+        let asked = Candidates {
+            forced: Some("native".into()),
+            ..no_mongod.clone()
+        };
+        let native = choose(&asked).unwrap();
         assert_eq!(native, MongoServer::Native(programs.make("secantusd-rs")));
         assert_eq!(native.flavor(), "SecantusDB native");
 
-        let only_python = Candidates {
-            native: None,
-            ..no_mongod.clone()
+        let only_native = Candidates {
+            python: None,
+            ..no_mongod
         };
-        let python = choose(&only_python).unwrap();
-        assert_eq!(python, MongoServer::Python(programs.make("secantusd-py")));
-        assert_eq!(python.flavor(), "SecantusDB Python");
-
+        assert!(
+            choose(&only_native).is_err(),
+            "never the native server unasked, even alone"
+        );
         let nothing = Candidates::default();
         let err = choose(&nothing).unwrap_err().to_string();
         assert!(err.contains("bootstrap"), "{err}");

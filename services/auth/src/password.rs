@@ -192,9 +192,12 @@ impl Hasher {
         let slot = Slot(Arc::clone(&self.queued));
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _slot = slot;
+            let result = work();
+            // The slot is free before the answer: whoever reads the answer
+            // sees the queue without this job.
+            drop(slot);
             // The request may have been abandoned meanwhile: nobody to answer.
-            let _ = answer.send(work());
+            let _ = answer.send(result);
         });
         HASHERS
             .send(job)
