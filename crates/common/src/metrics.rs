@@ -12,6 +12,9 @@
 //! | `bus_published_total` | counter | `subject`, `outcome` (`ok`, `error`) | [`crate::bus::Bus::publish_raw`] |
 //! | `outbox_backlog` | gauge | `collection` | the outbox [`crate::outbox::Relay`]: events its last scan found and could not publish |
 //! | `outbox_published_total` | counter | `collection` | the relay, per event published |
+//! | `http_requests_rejected_total` | counter | `reason` | requests refused to protect the service: `overload` and `deadline` ([`crate::overload`]), and what services add with [`record_rejected`] (`signin_throttled`, `active_orders_limit`) |
+//! | `http_requests_in_flight` | gauge | — | requests being handled now ([`crate::overload`]) |
+//! | `http_max_in_flight_requests`, `http_request_deadline_seconds` | gauges | — | the bounds the service runs with ([`crate::overload`]) |
 //!
 //! plus what a service adds with [`gauge`] (expiration: `expiration_jobs_pending`).
 //!
@@ -105,6 +108,11 @@ struct PublishLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CollectionLabels {
     collection: String,
 }
@@ -147,6 +155,7 @@ struct Metrics {
     published: Family<PublishLabels, Counter>,
     outbox_backlog: Family<CollectionLabels, Gauge>,
     outbox_published: Family<CollectionLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -198,6 +207,12 @@ impl Metrics {
             "Outbox events the relay published",
             outbox_published.clone(),
         );
+        let rejected = Family::default();
+        registry.register(
+            "http_requests_rejected",
+            "Requests refused to protect the service, by reason (overload, deadline, signin_throttled, active_orders_limit)",
+            rejected.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             custom: Mutex::new(HashMap::new()),
@@ -208,6 +223,7 @@ impl Metrics {
             published,
             outbox_backlog,
             outbox_published,
+            rejected,
         }
     }
 }
@@ -252,6 +268,15 @@ pub fn gauge(name: &str, help: &str) -> Gauge {
             gauge
         })
         .clone()
+}
+
+/// One request refused to protect the service, for `reason` (a fixed
+/// label: `overload`, `deadline`, `signin_throttled`, `active_orders_limit`).
+pub fn record_rejected(reason: &'static str) {
+    METRICS
+        .rejected
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
 }
 
 /// Marks a response as not served by any route (the fleet's 404 fallback), so

@@ -127,6 +127,7 @@ async fn spawn_client(api_base_url: &str) -> TestApp {
         api_base_url: api_base_url.to_owned(),
         stripe_publishable_key: None,
         development: true,
+        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await
@@ -1025,6 +1026,7 @@ async fn with_a_publishable_key_the_order_page_uses_stripe_js() {
         api_base_url: api.base_url.clone(),
         stripe_publishable_key: Some("pk_test_123".into()),
         development: true,
+        limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
     let app = testkit::start(app.port(), |stop| app.run_until(stop));
