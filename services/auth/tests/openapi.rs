@@ -10,6 +10,9 @@ async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        signin_policy: Default::default(),
+        trusted_proxies: common::client::TrustedProxies::private_networks(),
+        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await

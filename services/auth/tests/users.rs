@@ -14,6 +14,9 @@ async fn spawn_auth() -> TestApp {
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        signin_policy: Default::default(),
+        trusted_proxies: common::client::TrustedProxies::private_networks(),
+        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await
