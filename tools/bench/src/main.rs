@@ -18,6 +18,7 @@
 
 mod api;
 mod floor;
+mod limits;
 mod load;
 mod report;
 mod scenarios;
@@ -108,6 +109,8 @@ async fn main() -> anyhow::Result<()> {
         &[
             ("EXPIRATION_WINDOW_SECONDS", window.as_str()),
             ("RUST_LOG", settings.service_log.as_str()),
+            // A few buyers stand for thousands (up to 950 pending orders).
+            ("MAX_ACTIVE_ORDERS_PER_USER", "100000"),
         ],
     )
     .await
@@ -275,12 +278,28 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         route(
             "GET /api/tickets/:id",
             &runs,
-            make,
+            Arc::clone(&make),
             None,
             load::status_is(200),
             Some(("find_one({_id})", floors.find_ticket())),
         )
         .await?,
+    );
+
+    progress(begun, "GET /api/tickets/:id with the limits off and on");
+    let limits = limits::measure(
+        "GET /api/tickets/:id",
+        ingress,
+        stack.fleet().upstreams(),
+        shape,
+        &quiet,
+        make,
+        load::status_is(200),
+    )
+    .await?;
+    eprintln!(
+        "bench           limits: off {:.0} req/s, on {:.0} req/s ({:.1} %)",
+        limits.off_per_second, limits.on_per_second, limits.cost_percent
     );
 
     progress(
@@ -453,6 +472,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         memory,
         startup,
         orders_pool: pool.len(),
+        limits: Some(limits),
     })
 }
 

@@ -126,6 +126,9 @@ pub struct Report {
     pub startup: Vec<Startup>,
     /// Tickets available to the POST /api/orders run.
     pub orders_pool: usize,
+    /// GET /api/tickets/:id with the limits off and on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::LimitsCost>,
 }
 
 fn rate(value: f64) -> String {
@@ -328,6 +331,9 @@ pub fn markdown(r: &Report) -> String {
         race.orders_listed,
         race.tickets_with_one_order
     );
+    if let Some(limits) = &r.limits {
+        let _ = writeln!(out, "{}", crate::limits::render(limits));
+    }
 
     let _ = writeln!(
         out,
