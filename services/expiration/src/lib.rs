@@ -168,9 +168,11 @@ mod tests {
             names,
             vec![
                 ("APP_ENV", false),
+                ("MAX_IN_FLIGHT_REQUESTS", false),
                 ("NATS_URL", true),
                 ("PORT", false),
                 ("REDIS_URL", true),
+                ("REQUEST_TIMEOUT_SECONDS", false),
                 ("RUST_LOG", false),
             ]
         );

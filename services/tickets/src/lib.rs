@@ -216,7 +216,9 @@ mod tests {
                 "MONGO_URI",
                 "NATS_URL",
                 "JWT_KEY",
-                "APP_ENV"
+                "APP_ENV",
+                "MAX_IN_FLIGHT_REQUESTS",
+                "REQUEST_TIMEOUT_SECONDS"
             ]
         );
         assert!(settings.outbox_relay);
