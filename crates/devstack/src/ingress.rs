@@ -91,7 +91,10 @@ pub struct IngressOptions {
     /// Requests per client address (`EDGE_RATE_LIMIT`); `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
     /// Peers whose `X-Forwarded-For` names the client
-    /// (`EDGE_TRUSTED_PROXIES`, default none: the ingress is the edge).
+    /// (`EDGE_TRUSTED_PROXIES`, default none: the ingress is the edge, and
+    /// no client can forge its address). `127.0.0.1` makes the web client's
+    /// API calls count as the visitors whose addresses it hands on — at the
+    /// price of letting any loopback client claim an address.
     pub trusted_proxies: TrustedProxies,
     /// How long a client may take to send a request's headers, and how long
     /// a kept-alive connection may sit idle (`INGRESS_HEADER_TIMEOUT_SECONDS`).

@@ -362,7 +362,7 @@ async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     let echo: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["xForwardedFor"], json!(["203.0.113.5"]));
 
-    // Without trust (the default), the peer is the client, whatever it says.
+    // Trusting nobody (the default), the peer is the client, whatever it says.
     let (ingress, _stop) = spawn_ingress(full_fleet_of_fakes().await).await;
     let request = Request::get(format!("http://{ingress}/api/users/currentuser"))
         .header("x-forwarded-for", "203.0.113.5")

@@ -62,6 +62,7 @@ environment of the ingress (dev up, dev fleet):
                                    set, so load tests and benchmarks from loopback are
                                    not throttled
   EDGE_TRUSTED_PROXIES (none)      addresses/CIDRs whose X-Forwarded-For names the client
+                                   (127.0.0.1: the web client's calls count as its visitors)
   INGRESS_HEADER_TIMEOUT_SECONDS (10)  time to send a request's headers, and the most a
                                    kept-alive connection may sit idle
   INGRESS_MAX_CONNECTIONS (8192)   open client connections; past it new ones get a 503
