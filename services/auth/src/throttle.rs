@@ -2,23 +2,28 @@
 //! replica sees the same counts.
 //!
 //! Every sign-in attempt that gets as far as checking a password is written
-//! to `signin_failures` as `{account, address, at}` *before* the password is
-//! checked: the account is the normalised email (whether or not a user has
-//! it), the address the client's ([`common::client::ClientIp`]). The attempt
-//! is then refused if the account already had [`Policy::per_account`]
-//! failures within [`Policy::window`], or the address
-//! [`Policy::per_address`] — one query each: does the Nth newest other
-//! attempt exist? Counting the attempt before checking it makes the limit
-//! hold against concurrent guesses too: a burst of guesses sees itself.
+//! to `signin_failures` as `{account, address, at, failed: false}` *before*
+//! the password is checked: the account is the normalised email (whether or
+//! not a user has it), the address the client's
+//! ([`common::client::ClientIp`]). The attempt is then refused if the
+//! account already has [`Policy::per_account`] other attempts within
+//! [`Policy::window`] — failed ones, and ones being checked right now — or
+//! the address [`Policy::per_address`] failed ones: one query each, does the
+//! Nth newest exist? Counting an account's attempts before they are checked
+//! makes its limit hold against concurrent guesses too: a burst of guesses
+//! at one account sees itself (a person does not sign in five times at
+//! once). An address counts only settled failures, so that many people
+//! behind one address signing in at the same moment are not refused.
 //!
 //! A refused attempt is removed again (being refused does not prolong the
-//! lock), a wrong password stays counted, and a right one removes every
-//! attempt of the account (a success clears the account's count; the
-//! address's failures for other accounts stay). The refusal is 429 `Too many
-//! attempts, try again later` with `Retry-After` the time until the oldest
-//! counted failure leaves the window — the same answer, without hashing
-//! anything, whether or not the email has an account. Old attempts are
-//! deleted by a TTL index.
+//! lock), a wrong password is marked `failed: true` and stays counted, and a
+//! right one removes every attempt of the account (a success clears the
+//! account's count; the address's failures for other accounts stay). The
+//! refusal is 429 `Too many attempts, try again later` with `Retry-After`
+//! the time until the failure that locks leaves the window (1 s when what
+//! locks is an attempt still being checked) — the same answer, without
+//! hashing anything, whether or not the email has an account. Old attempts
+//! are deleted by a TTL index.
 
 use std::time::Duration;
 
@@ -104,12 +109,17 @@ struct Attempt {
     account: String,
     address: String,
     at: bson::DateTime,
+    /// Settled as a wrong password (or an unknown account).
+    #[serde(default)]
+    failed: bool,
 }
 
-/// An attempt in the count. Dropped, it stays counted (a wrong password,
-/// an unknown account); [`Throttle::succeeded`] clears the account's count.
+/// An attempt in the count, being checked: settle it with
+/// [`Throttle::failed`] or [`Throttle::succeeded`]. (Dropped unsettled, it
+/// counts for its account until it leaves the window.)
 #[derive(Debug)]
 pub struct Counted {
+    id: ObjectId,
     account: String,
 }
 
@@ -133,9 +143,9 @@ impl Throttle {
     /// The two lookups' indexes and the TTL index that deletes attempts once
     /// they are out of the window (idempotent).
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let by = |field: &str, name: &str| {
+        let by = |keys: mongodb::bson::Document, name: &str| {
             IndexModel::builder()
-                .keys(doc! { field: 1, "at": -1 })
+                .keys(keys)
                 .options(IndexOptions::builder().name(name.to_owned()).build())
                 .build()
         };
@@ -150,8 +160,11 @@ impl Throttle {
             .build();
         self.attempts
             .create_indexes([
-                by("account", "attempts_by_account"),
-                by("address", "attempts_by_address"),
+                by(doc! { "account": 1, "at": -1 }, "attempts_by_account"),
+                by(
+                    doc! { "address": 1, "failed": 1, "at": -1 },
+                    "failures_by_address",
+                ),
                 expiry,
             ])
             .await?;
@@ -172,14 +185,24 @@ impl Throttle {
             account: account.to_owned(),
             address: address.to_owned(),
             at: now,
+            failed: false,
         };
         self.attempts.insert_one(&attempt).await?;
         let (by_account, by_address) = tokio::try_join!(
-            self.locked_for(&attempt, "account", account, self.policy.per_account),
-            self.locked_for(&attempt, "address", address, self.policy.per_address),
+            self.locked_for(
+                &attempt,
+                doc! { "account": account },
+                self.policy.per_account
+            ),
+            self.locked_for(
+                &attempt,
+                doc! { "address": address, "failed": true },
+                self.policy.per_address
+            ),
         )?;
         match by_account.max(by_address) {
             None => Ok(Ok(Counted {
+                id: attempt.id,
                 account: attempt.account,
             })),
             Some(wait) => {
@@ -189,22 +212,23 @@ impl Throttle {
         }
     }
 
-    /// How long until `field = value` has fewer than `limit` other attempts
-    /// in the window, if it has `limit` now: the `limit`-th newest other
-    /// attempt's age out of the window.
+    /// How long until fewer than `limit` other attempts matching `filter`
+    /// are in the window, if `limit` are now: the `limit`-th newest one's age
+    /// out of the window (or a second, if that one is still being checked).
     async fn locked_for(
         &self,
         own: &Attempt,
-        field: &str,
-        value: &str,
+        mut filter: mongodb::bson::Document,
         limit: u32,
     ) -> mongodb::error::Result<Option<Duration>> {
         let window_ms = i64::try_from(self.policy.window.as_millis()).unwrap_or(i64::MAX);
         let since =
             bson::DateTime::from_millis(own.at.timestamp_millis().saturating_sub(window_ms));
+        filter.insert("at", doc! { "$gt": since });
+        filter.insert("_id", doc! { "$ne": own.id });
         let oldest_that_locks: Vec<Attempt> = self
             .attempts
-            .find(doc! { field: value, "at": { "$gt": since }, "_id": { "$ne": own.id } })
+            .find(filter)
             .sort(doc! { "at": -1, "_id": -1 })
             .skip(u64::from(limit - 1))
             .limit(1)
@@ -212,10 +236,25 @@ impl Throttle {
             .try_collect()
             .await?;
         Ok(oldest_that_locks.first().map(|attempt| {
+            if !attempt.failed {
+                return Duration::from_secs(1);
+            }
             let until = attempt.at.timestamp_millis().saturating_add(window_ms);
             let left = until.saturating_sub(own.at.timestamp_millis()).max(0);
             Duration::from_millis(u64::try_from(left).unwrap_or(0))
         }))
+    }
+
+    /// The password was wrong (or the account unknown): the attempt stays
+    /// counted, for the address too.
+    pub async fn failed(&self, counted: Counted) -> mongodb::error::Result<()> {
+        self.attempts
+            .update_one(
+                doc! { "_id": counted.id },
+                doc! { "$set": { "failed": true } },
+            )
+            .await?;
+        Ok(())
     }
 
     /// The password was right: the account's count starts again.

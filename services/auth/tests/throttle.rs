@@ -216,3 +216,40 @@ async fn concurrent_guesses_cannot_slip_past_the_limit() {
         policy.per_account
     );
 }
+
+#[tokio::test]
+async fn many_people_behind_one_address_signing_in_at_once_are_not_refused() {
+    let policy = Policy {
+        per_account: 5,
+        per_address: 3,
+        window: Duration::from_secs(60),
+    };
+    let app = spawn_auth(&testkit::mongo_uri("auth"), policy).await;
+    for n in 0..10 {
+        app.post(
+            "/api/users/signup",
+            None,
+            json!({"email": format!("office{n}@test.com"), "password": "password1"}),
+        )
+        .await
+        .assert_status(201);
+    }
+    // Ten sign-ins at once from one address (an office behind NAT): only
+    // failures count for an address, and none of these fails.
+    let replies = futures::future::join_all((0..10).map(|n| {
+        let app = &app;
+        async move {
+            signin(
+                app,
+                "198.51.100.8",
+                &format!("office{n}@test.com"),
+                "password1",
+            )
+            .await
+        }
+    }))
+    .await;
+    for reply in &replies {
+        reply.assert_status(200);
+    }
+}

@@ -185,7 +185,10 @@ async fn signin(
             state.throttle.succeeded(counted).await?;
             signed_in(&state.sessions, StatusCode::OK, &user)
         }
-        _ => Err(Error::bad_request("Invalid credentials")),
+        _ => {
+            state.throttle.failed(counted).await?;
+            Err(Error::bad_request("Invalid credentials"))
+        }
     }
 }
 
