@@ -234,9 +234,24 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
     );
 
     progress(begun, "POST /api/users/signin");
-    let signin = Bytes::from(json!({"email": seller.email, "password": api::PASSWORD}).to_string());
-    let make: load::MakeRequest =
-        Arc::new(move |_| Some(Req::post("/api/users/signin", signin.clone())));
+    // One account per connection: auth counts an account's attempts being
+    // checked as possible guesses, and a person does not sign in 32 times at
+    // once.
+    let signers = api::signup_many(&api, "signin", settings.connections).await?;
+    let signins: Arc<Vec<Bytes>> = Arc::new(
+        signers
+            .iter()
+            .map(|user| {
+                Bytes::from(json!({"email": user.email, "password": api::PASSWORD}).to_string())
+            })
+            .collect(),
+    );
+    let make: load::MakeRequest = Arc::new(move |connection| {
+        Some(Req::post(
+            "/api/users/signin",
+            signins[connection % signins.len()].clone(),
+        ))
+    });
     routes.push(
         route(
             "POST /api/users/signin",
