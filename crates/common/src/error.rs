@@ -13,9 +13,11 @@
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Path, Request, rejection::JsonRejection},
-    http::{StatusCode, request::Parts},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
+use std::time::Duration;
+
 use mongodb::bson::oid::ObjectId;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -77,6 +79,19 @@ pub enum Error {
     /// 413: the body is over the size limit.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// 429 with `Retry-After`: the client tried too often (sign-in guesses).
+    #[error("too many requests: {message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: Duration,
+    },
+    /// 503 with `Retry-After`: the service sheds load (too many requests in
+    /// flight, or the request's deadline passed); trying again later is safe.
+    #[error("unavailable: {message}")]
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
     /// 502 with a message for the client: a provider we depend on (Stripe)
     /// failed in a way the client should know about but cannot fix.
     #[error("upstream failure: {message}")]
@@ -85,11 +100,6 @@ pub enum Error {
         #[source]
         source: anyhow::Error,
     },
-    /// 503 `Service is busy, try again later` with `Retry-After`: a bound on
-    /// queued work was reached, and the request was refused at once rather
-    /// than queued past what can be served in time.
-    #[error("overloaded; retry after {retry_after:?}")]
-    Overloaded { retry_after: std::time::Duration },
     /// 500 `Something went wrong`; the cause is logged, never sent.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -116,8 +126,9 @@ impl Error {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,8 +146,10 @@ impl Error {
             Self::NotAuthorized => message("Not authorized"),
             Self::NotFound => message("Not Found"),
             Self::PayloadTooLarge => message("Request body is too large"),
+            Self::TooManyRequests { message: m, .. } | Self::Unavailable { message: m, .. } => {
+                message(m)
+            }
             Self::Upstream { message: m, .. } => message(m),
-            Self::Overloaded { .. } => message("Service is busy, try again later"),
             Self::Unexpected(_) => message("Something went wrong"),
         }
     }
@@ -161,12 +174,12 @@ impl IntoResponse for Error {
             errors: self.items(),
         };
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let Self::Overloaded { retry_after } = self {
-            // Whole seconds, at least one (RFC 9110 §10.2.3).
-            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        if let Self::TooManyRequests { retry_after, .. } | Self::Unavailable { retry_after, .. } =
+            &self
+        {
             response
                 .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+                .insert(header::RETRY_AFTER, retry_after_value(*retry_after));
         }
         response
     }
@@ -238,6 +251,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
+/// A `Retry-After` value: whole seconds, rounded up, at least 1.
+pub fn retry_after_value(wait: Duration) -> HeaderValue {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(seconds.max(1))
+}
+
 /// Fallback for routes that do not exist (and methods a route does not take):
 /// the 404 `Not Found`, marked for the metrics as served by no route.
 pub async fn not_found() -> Response {
@@ -271,13 +290,25 @@ mod tests {
     }
 
     #[test]
-    fn overloaded_is_503_with_retry_after_in_the_errors_shape() {
-        let response = Error::Overloaded {
-            retry_after: std::time::Duration::from_millis(1500),
-        }
-        .into_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(response.headers()["retry-after"], "2");
+    fn refusals_to_come_back_later_say_when() {
+        let err = Error::TooManyRequests {
+            message: "Too many attempts, try again later".into(),
+            retry_after: Duration::from_millis(1500),
+        };
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(retry_after_value(Duration::ZERO), "1");
+        assert_eq!(retry_after_value(Duration::from_secs(900)), "900");
+        let shed = Error::Unavailable {
+            message: "Service is overloaded, try again later".into(),
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            shed.items()[0].message,
+            "Service is overloaded, try again later"
+        );
     }
 
     #[test]

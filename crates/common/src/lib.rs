@@ -22,9 +22,13 @@
 //! - [`metrics`]: Prometheus metrics on `GET /metrics`, recorded once here for
 //!   every service (requests per route, events per consumer, outbox backlog);
 //!   [`openapi`]: what each API service's `GET /openapi.json` is built from.
+//! - [`overload`]: the bound on requests in flight and the deadline of every
+//!   request (503 with `Retry-After`); [`client`]: the client's address,
+//!   through trusted proxies only.
 
 pub mod backoff;
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -34,6 +38,7 @@ pub mod money;
 pub mod mongo;
 pub mod openapi;
 pub mod outbox;
+pub mod overload;
 pub mod server;
 pub mod session;
 pub mod telemetry;

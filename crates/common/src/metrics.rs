@@ -12,7 +12,9 @@
 //! | `bus_published_total` | counter | `subject`, `outcome` (`ok`, `error`) | [`crate::bus::Bus::publish_raw`] |
 //! | `outbox_backlog` | gauge | `collection` | the outbox [`crate::outbox::Relay`]: events its last scan found and could not publish |
 //! | `outbox_published_total` | counter | `collection` | the relay, per event published |
-//! | `requests_refused_total` | counter | `reason` | [`record_refused`]: requests turned away with 503 because a bound was reached (auth: `password_hash_queue`) |
+//! | `http_requests_rejected_total` | counter | `reason` | requests refused to protect the service: `overload` and `deadline` ([`crate::overload`]), and what services add with [`record_rejected`] (`signin_throttled`, `active_orders_limit`) |
+//! | `http_requests_in_flight` | gauge | — | requests being handled now ([`crate::overload`]) |
+//! | `http_max_in_flight_requests`, `http_request_deadline_seconds` | gauges | — | the bounds the service runs with ([`crate::overload`]) |
 //!
 //! plus what a service adds with [`gauge`] (expiration: `expiration_jobs_pending`).
 //!
@@ -106,13 +108,13 @@ struct PublishLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct CollectionLabels {
-    collection: String,
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
+struct CollectionLabels {
+    collection: String,
 }
 
 /// What the listener runner did with one delivery (the `outcome` label).
@@ -153,7 +155,7 @@ struct Metrics {
     published: Family<PublishLabels, Counter>,
     outbox_backlog: Family<CollectionLabels, Gauge>,
     outbox_published: Family<CollectionLabels, Counter>,
-    refused: Family<ReasonLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -205,11 +207,11 @@ impl Metrics {
             "Outbox events the relay published",
             outbox_published.clone(),
         );
-        let refused = Family::default();
+        let rejected = Family::default();
         registry.register(
-            "requests_refused",
-            "Requests turned away with 503 because a bound was reached, by reason",
-            refused.clone(),
+            "http_requests_rejected",
+            "Requests refused to protect the service, by reason (overload, deadline, signin_throttled, active_orders_limit)",
+            rejected.clone(),
         );
         Self {
             registry: Mutex::new(registry),
@@ -221,7 +223,7 @@ impl Metrics {
             published,
             outbox_backlog,
             outbox_published,
-            refused,
+            rejected,
         }
     }
 }
@@ -268,11 +270,11 @@ pub fn gauge(name: &str, help: &str) -> Gauge {
         .clone()
 }
 
-/// One request turned away because the bound named `reason` was reached
-/// (`requests_refused_total{reason}`).
-pub fn record_refused(reason: &'static str) {
+/// One request refused to protect the service, for `reason` (a fixed
+/// label: `overload`, `deadline`, `signin_throttled`, `active_orders_limit`).
+pub fn record_rejected(reason: &'static str) {
     METRICS
-        .refused
+        .rejected
         .get_or_create(&ReasonLabels { reason })
         .inc();
 }

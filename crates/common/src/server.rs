@@ -243,8 +243,12 @@ pub async fn serve(
     drain: Duration,
 ) -> anyhow::Result<()> {
     let signal = shutdown.clone();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
+    // Peers are recorded for `client::ClientIp` (limits per client address).
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { signal.cancelled().await });
     tokio::select! {
         result = server => result.map_err(Into::into),
         () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {

@@ -8,7 +8,9 @@
 //!
 //! - `Host` is passed through unchanged; `X-Forwarded-For` / `X-Real-IP` are
 //!   set to the client address (not appended: like ingress-nginx without
-//!   `use-forwarded-headers`, a client cannot forge them), `X-Forwarded-Proto`
+//!   `use-forwarded-headers`, a client cannot forge them; the address is the
+//!   connection's peer, or what `X-Forwarded-For` says only when the peer is
+//!   one of [`IngressOptions::trusted_proxies`]), `X-Forwarded-Proto`
 //!   is `http`, `X-Forwarded-Host` the original host, `X-Forwarded-Port` the
 //!   ingress port, and `X-Request-ID` is kept or generated.
 //! - Hop-by-hop headers are dropped; everything else, including several
@@ -17,6 +19,15 @@
 //!   502, both with the fleet's error body
 //!   `{"errors":[{"message":"Service unavailable"}]}`.
 //!
+//!
+//! Slow or half-open clients cannot exhaust it ([`IngressOptions`]): a client
+//! must send a request's headers within `header_timeout` — which also closes
+//! a kept-alive connection idle that long — and past `max_connections` open
+//! connections a new one is answered 503 at once and closed. With a
+//! `rate_limit` (`EDGE_RATE_LIMIT`, off unless set) each client address gets
+//! a token bucket ([`crate::ratelimit`]); a request over it is answered 429
+//! `Too many requests, try again later` with `Retry-After`.
+//!
 //! Upstream connections are kept alive and pooled (the ingress sits on the hot
 //! path of the benchmarks). [`serve`] takes a shutdown future: on shutdown it
 //! stops accepting, lets in-flight requests finish (bounded), and returns.
@@ -24,7 +35,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +53,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use common::client::TrustedProxies;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use crate::ratelimit::{Limiter, RateLimit};
 use crate::routes::{self, RouteTable};
 
 /// The body type of the ingress's responses: a streamed upstream body or a
@@ -54,8 +70,114 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The error body for an unreachable service.
 const UNAVAILABLE_BODY: &str = r#"{"errors":[{"message":"Service unavailable"}]}"#;
 
+/// The error body of a request over the edge rate limit.
+const RATE_LIMITED_BODY: &str = r#"{"errors":[{"message":"Too many requests, try again later"}]}"#;
+
+/// What a connection over `max_connections` is told before it is closed.
+const TOO_MANY_CONNECTIONS: &str = concat!(
+    "HTTP/1.1 503 Service Unavailable\r\n",
+    "content-type: application/json; charset=utf-8\r\n",
+    "retry-after: 1\r\n",
+    "connection: close\r\n",
+    "content-length: 64\r\n",
+    "\r\n",
+    r#"{"errors":[{"message":"Too many connections, try again later"}]}"#,
+);
+
+/// The ingress's own bounds and limits; every one a setting of `dev`
+/// ([`IngressOptions::from_env`], listed by [`IngressOptions::SETTINGS`]).
+#[derive(Debug, Clone)]
+pub struct IngressOptions {
+    /// Requests per client address (`EDGE_RATE_LIMIT`); `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Peers whose `X-Forwarded-For` names the client
+    /// (`EDGE_TRUSTED_PROXIES`, default none: the ingress is the edge, and
+    /// no client can forge its address). `127.0.0.1` makes the web client's
+    /// API calls count as the visitors whose addresses it hands on — at the
+    /// price of letting any loopback client claim an address.
+    pub trusted_proxies: TrustedProxies,
+    /// How long a client may take to send a request's headers, and how long
+    /// a kept-alive connection may sit idle (`INGRESS_HEADER_TIMEOUT_SECONDS`).
+    pub header_timeout: Duration,
+    /// Open client connections at most (`INGRESS_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+}
+
+impl Default for IngressOptions {
+    fn default() -> Self {
+        Self {
+            rate_limit: None,
+            trusted_proxies: TrustedProxies::none(),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 8192,
+        }
+    }
+}
+
+impl IngressOptions {
+    /// The settings and what they mean, for `dev help`.
+    pub const SETTINGS: [(&'static str, &'static str); 4] = [
+        (
+            "EDGE_RATE_LIMIT",
+            "requests per client address, e.g. 50/s,burst=100 (token bucket, 429 past it); off unless set",
+        ),
+        (
+            "EDGE_TRUSTED_PROXIES",
+            "addresses/CIDRs whose X-Forwarded-For names the client (default: none)",
+        ),
+        (
+            "INGRESS_HEADER_TIMEOUT_SECONDS",
+            "time to send a request's headers, and to sit idle between requests (default 10)",
+        ),
+        (
+            "INGRESS_MAX_CONNECTIONS",
+            "open client connections before new ones get a 503 (default 8192)",
+        ),
+    ];
+
+    /// The defaults, overridden by the variables of [`Self::SETTINGS`] that
+    /// are set and not empty.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let mut options = Self::default();
+        if let Some(limit) = var("EDGE_RATE_LIMIT") {
+            options.rate_limit = Some(
+                limit
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("EDGE_RATE_LIMIT: {e}"))?,
+            );
+        }
+        if let Some(trusted) = var("EDGE_TRUSTED_PROXIES") {
+            options.trusted_proxies = trusted
+                .parse()
+                .map_err(|e| anyhow::anyhow!("EDGE_TRUSTED_PROXIES: {e}"))?;
+        }
+        if let Some(seconds) = var("INGRESS_HEADER_TIMEOUT_SECONDS") {
+            let seconds: u64 = seconds
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "INGRESS_HEADER_TIMEOUT_SECONDS: a whole number of seconds, at least 1"
+                    )
+                })?;
+            options.header_timeout = Duration::from_secs(seconds);
+        }
+        if let Some(max) = var("INGRESS_MAX_CONNECTIONS") {
+            options.max_connections =
+                max.trim().parse().ok().filter(|m| *m > 0).ok_or_else(|| {
+                    anyhow::anyhow!("INGRESS_MAX_CONNECTIONS: a number, at least 1")
+                })?;
+        }
+        Ok(options)
+    }
+}
+
 /// Serves the ingress on `listener` until `shutdown` resolves, routing to
-/// `upstreams` (service name → local address) by the fleet's routing table.
+/// `upstreams` (service name → local address) by the fleet's routing table,
+/// with the default [`IngressOptions`] (no rate limit).
 pub async fn serve<F>(
     listener: TcpListener,
     upstreams: HashMap<String, SocketAddr>,
@@ -64,11 +186,28 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send,
 {
-    let proxy = Arc::new(Proxy::new(routes::table(), upstreams));
+    serve_with(listener, upstreams, IngressOptions::default(), shutdown).await
+}
+
+/// [`serve`] with these bounds and limits.
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    upstreams: HashMap<String, SocketAddr>,
+    options: IngressOptions,
+    shutdown: F,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    let connections = Arc::new(Semaphore::new(options.max_connections));
+    let proxy = Arc::new(Proxy::new(routes::table(), upstreams, &options));
     let local_port = listener.local_addr()?.port();
     let graceful = GracefulShutdown::new();
     let mut server = http1::Builder::new();
-    server.timer(TokioTimer::new()).keep_alive(true);
+    server
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(options.header_timeout);
 
     tokio::pin!(shutdown);
     loop {
@@ -85,6 +224,18 @@ where
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::warn!(%remote, "ingress: too many connections; refused");
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let refuse = async {
+                    stream.write_all(TOO_MANY_CONNECTIONS.as_bytes()).await?;
+                    stream.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+            });
+            continue;
+        };
         let proxy = Arc::clone(&proxy);
         let service = service_fn(move |request| {
             let proxy = Arc::clone(&proxy);
@@ -95,6 +246,7 @@ where
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %remote, "ingress: connection ended with an error");
             }
+            drop(permit);
         });
     }
 
@@ -108,15 +260,21 @@ where
     Ok(())
 }
 
-/// Routing plus a pooled upstream client.
+/// Routing plus a pooled upstream client, and the edge's rate limit.
 struct Proxy {
     table: &'static RouteTable,
     upstreams: HashMap<String, SocketAddr>,
     client: Client<HttpConnector, Incoming>,
+    limiter: Option<Limiter>,
+    trusted_proxies: TrustedProxies,
 }
 
 impl Proxy {
-    fn new(table: &'static RouteTable, upstreams: HashMap<String, SocketAddr>) -> Self {
+    fn new(
+        table: &'static RouteTable,
+        upstreams: HashMap<String, SocketAddr>,
+        options: &IngressOptions,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -128,6 +286,8 @@ impl Proxy {
             table,
             upstreams,
             client,
+            limiter: options.rate_limit.map(Limiter::new),
+            trusted_proxies: options.trusted_proxies.clone(),
         }
     }
 
@@ -137,6 +297,15 @@ impl Proxy {
         remote: SocketAddr,
         local_port: u16,
     ) -> Response<ProxyBody> {
+        let client = self
+            .trusted_proxies
+            .client_ip(remote.ip(), request.headers());
+        if let Some(limiter) = &self.limiter
+            && let Err(wait) = limiter.check(client)
+        {
+            tracing::debug!(%client, "ingress: over the edge rate limit");
+            return rate_limited(wait);
+        }
         let service = self.table.service_for(request.uri().path());
         let Some(upstream) = self.upstreams.get(service) else {
             return unavailable(StatusCode::SERVICE_UNAVAILABLE);
@@ -159,7 +328,7 @@ impl Proxy {
         *request.version_mut() = Version::HTTP_11;
         let headers = request.headers_mut();
         remove_hop_by_hop(headers);
-        set_forwarded(headers, remote, host, local_port);
+        set_forwarded(headers, client, host, local_port);
 
         match self.client.request(request).await {
             Ok(response) => {
@@ -204,13 +373,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn set_forwarded(
-    headers: &mut HeaderMap,
-    remote: SocketAddr,
-    host: Option<HeaderValue>,
-    port: u16,
-) {
-    let client_ip = HeaderValue::from_str(&remote.ip().to_string()).ok();
+fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<HeaderValue>, port: u16) {
+    let client_ip = HeaderValue::from_str(&client.to_string()).ok();
     if let Some(ip) = client_ip {
         headers.insert("x-forwarded-for", ip.clone());
         headers.insert("x-real-ip", ip);
@@ -240,6 +404,18 @@ fn unavailable(status: StatusCode) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    response
+}
+
+fn rate_limited(wait: Duration) -> Response<ProxyBody> {
+    let mut response = Response::new(full(RATE_LIMITED_BODY));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(header::RETRY_AFTER, common::error::retry_after_value(wait));
     response
 }
 

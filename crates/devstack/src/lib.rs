@@ -11,7 +11,9 @@
 //!   and the Stripe fake as child processes on free or fixed ports.
 //! - [`routes`]: the routing table from `infra/routes.json`, the single source
 //!   of truth shared with the Kubernetes ingress.
-//! - [`ingress`]: a streaming reverse proxy that routes by that table.
+//! - [`ingress`]: a streaming reverse proxy that routes by that table, with
+//!   bounds against slow and excess clients and, when asked, an edge rate
+//!   limit per client address ([`ratelimit`]).
 //! - [`fleet`]: [`Fleet`] starts the service binaries with their environment and
 //!   waits for `/readyz`; single services can be stopped, killed and restarted.
 //! - [`process`], [`output`], [`probe`]: the supervision underneath — own
@@ -26,6 +28,7 @@ pub mod output;
 pub mod paths;
 pub mod probe;
 pub mod process;
+pub mod ratelimit;
 pub mod routes;
 pub mod stack;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::{Fleet, FleetOptions, Infra, InfraOptions, ingress};
+use crate::{Fleet, FleetOptions, Infra, InfraOptions, ingress, ingress::IngressOptions};
 
 /// A running stack. Stop it with [`Stack::stop`]; dropping it kills
 /// everything.
@@ -29,6 +29,16 @@ impl Stack {
     /// with the extra environment `env` (e.g. `EXPIRATION_WINDOW_SECONDS`),
     /// and the ingress on a free port; returns when every service is ready.
     pub async fn start(only: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with(only, env, IngressOptions::default()).await
+    }
+
+    /// [`Stack::start`] with the ingress's bounds and limits (e.g. an edge
+    /// rate limit).
+    pub async fn start_with(
+        only: &[&str],
+        env: &[(&str, &str)],
+        ingress_options: IngressOptions,
+    ) -> anyhow::Result<Self> {
         let infra = Infra::start(InfraOptions::ephemeral().with_stripe())
             .await
             .context("failed to start the infrastructure")?;
@@ -51,9 +61,14 @@ impl Stack {
         // ingress, so the ingress goes up before the fleet is waited for.
         let fleet = Fleet::spawn(options)?;
         let (stop_ingress, mut stopped) = watch::channel(false);
-        let ingress = tokio::spawn(ingress::serve(listener, fleet.upstreams(), async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
+        let ingress = tokio::spawn(ingress::serve_with(
+            listener,
+            fleet.upstreams(),
+            ingress_options,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
         let stack = Self {
             infra,
             fleet: Some(fleet),

@@ -296,3 +296,79 @@ async fn stops_when_the_shutdown_future_resolves() {
         .unwrap();
     assert!(result.is_ok());
 }
+
+async fn spawn_ingress_with(
+    upstreams: HashMap<String, SocketAddr>,
+    options: devstack::ingress::IngressOptions,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(devstack::ingress::serve_with(
+        listener,
+        upstreams,
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn past_max_connections_a_new_connection_gets_a_503_and_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = devstack::ingress::IngressOptions {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let (ingress, _stop) = spawn_ingress_with(full_fleet_of_fakes().await, options).await;
+    // One connection holds the only place (idle, inside its header time).
+    let _held = tokio::net::TcpStream::connect(ingress).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut refused = tokio::net::TcpStream::connect(ingress).await.unwrap();
+    let _ = refused
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        refused.read_to_string(&mut answer),
+    )
+    .await
+    .expect("the refusal came and the connection closed")
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(body).unwrap(),
+        json!({"errors": [{"message": "Too many connections, try again later"}]})
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+    let options = devstack::ingress::IngressOptions {
+        trusted_proxies: "127.0.0.1".parse().unwrap(),
+        ..Default::default()
+    };
+    let (ingress, _stop) = spawn_ingress_with(full_fleet_of_fakes().await, options).await;
+    let request = Request::get(format!("http://{ingress}/api/users/currentuser"))
+        .header("x-forwarded-for", "203.0.113.5, 127.0.0.1")
+        .body(Full::default())
+        .unwrap();
+    let (_, _, body) = send(request).await;
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["xForwardedFor"], json!(["203.0.113.5"]));
+
+    // Trusting nobody (the default), the peer is the client, whatever it says.
+    let (ingress, _stop) = spawn_ingress(full_fleet_of_fakes().await).await;
+    let request = Request::get(format!("http://{ingress}/api/users/currentuser"))
+        .header("x-forwarded-for", "203.0.113.5")
+        .body(Full::default())
+        .unwrap();
+    let (_, _, body) = send(request).await;
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["xForwardedFor"], json!(["127.0.0.1"]));
+}

@@ -183,6 +183,18 @@ impl TestApp {
         }
     }
 
+    /// The same client, connecting from `source` — a loopback address such
+    /// as `127.0.0.2` is a different client address to the server on Linux.
+    pub fn sending_from(mut self, source: std::net::IpAddr) -> Self {
+        self.http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .local_address(source)
+            .build()
+            .expect("testkit: failed to build the HTTP client");
+        self
+    }
+
     /// The token that stops the service.
     pub fn shutdown(&self) -> CancellationToken {
         self.shutdown.clone()

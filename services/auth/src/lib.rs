@@ -8,18 +8,22 @@
 //! - [`store`]: the user documents and the unique index on email.
 //! - [`password`]: argon2id hashing off the async runtime, in bounded memory
 //!   and with a bounded queue.
+//! - [`throttle`]: sign-in guessing limits per account and per client
+//!   address, counted in the database every replica shares.
 
 pub mod password;
 pub mod routes;
 pub mod store;
+pub mod throttle;
 
 use std::time::Duration;
 
 use axum::{Router, extract::FromRef};
 use common::{
+    client::TrustedProxies,
     config::{ConfigError, Env, Secret},
     health::{self, Ready},
-    mongo, openapi, server,
+    mongo, openapi, overload, server,
     session::Sessions,
 };
 use tokio::net::TcpListener;
@@ -38,6 +42,14 @@ pub struct Settings {
     /// sign-up or sign-in is refused with 503 and `Retry-After`
     /// (`PASSWORD_QUEUE_LIMIT`, default 32 per core).
     pub password_queue_limit: usize,
+    /// Sign-in guessing limits (`SIGNIN_*`).
+    pub signin_policy: throttle::Policy,
+    /// Whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`, default
+    /// loopback and the private ranges: the ingress).
+    pub trusted_proxies: TrustedProxies,
+    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
+    /// `REQUEST_TIMEOUT_SECONDS`).
+    pub limits: overload::Limits,
 }
 
 impl Settings {
@@ -50,6 +62,9 @@ impl Settings {
             development: env.development(),
             password_queue_limit: env
                 .parse_or("PASSWORD_QUEUE_LIMIT", password::default_queue_limit())?,
+            signin_policy: throttle::Policy::from_env(env)?,
+            trusted_proxies: env.parse_or("TRUSTED_PROXIES", TrustedProxies::private_networks())?,
+            limits: overload::Limits::from_env(env)?,
         })
     }
 }
@@ -60,11 +75,19 @@ pub struct AppState {
     pub users: store::Users,
     pub sessions: Sessions,
     pub hasher: password::Hasher,
+    pub throttle: throttle::Throttle,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl FromRef<AppState> for Sessions {
     fn from_ref(state: &AppState) -> Self {
         state.sessions.clone()
+    }
+}
+
+impl FromRef<AppState> for TrustedProxies {
+    fn from_ref(state: &AppState) -> Self {
+        state.trusted_proxies.clone()
     }
 }
 
@@ -107,17 +130,21 @@ impl Application {
     /// port (`0` picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = mongo::connect(&settings.mongo_uri, "auth").await?;
+        let throttle = throttle::Throttle::new(&db, settings.signin_policy);
+        throttle.ensure_indexes().await?;
         let users = store::Users::new(db);
         users.ensure_indexes().await?;
         let state = AppState {
             users,
             sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
             hasher: password::Hasher::new(settings.password_queue_limit),
+            throttle,
+            trusted_proxies: settings.trusted_proxies,
         };
         let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
         Ok(Self {
             listener,
-            router: app(state),
+            router: settings.limits.apply(app(state)),
         })
     }
 

@@ -184,8 +184,9 @@ impl Hasher {
     ) -> Result<T, Error> {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            metrics::refused();
-            return Err(Error::Overloaded {
+            common::metrics::record_rejected(REJECTED);
+            return Err(Error::Unavailable {
+                message: BUSY.to_owned(),
                 retry_after: Duration::from_secs(1),
             });
         }
@@ -224,13 +225,11 @@ impl Hasher {
     }
 }
 
-mod metrics {
-    //! `password_hashes_refused_total`: sign-ups and sign-ins refused with
-    //! 503 because the hashing queue was full.
-    pub fn refused() {
-        common::metrics::record_refused("password_hash_queue");
-    }
-}
+/// The answer to a sign-up or sign-in that finds the queue full.
+pub const BUSY: &str = "Service is busy, try again later";
+
+/// Its `reason` in `http_requests_rejected_total`.
+const REJECTED: &str = "password_hash_queue";
 
 #[cfg(test)]
 mod tests {
@@ -295,7 +294,11 @@ mod tests {
         for attempt in attempts {
             match attempt.await.unwrap() {
                 Ok(_) => hashed += 1,
-                Err(Error::Overloaded { retry_after }) => {
+                Err(Error::Unavailable {
+                    message,
+                    retry_after,
+                }) => {
+                    assert_eq!(message, BUSY);
                     assert_eq!(retry_after, Duration::from_secs(1));
                     refused += 1;
                 }

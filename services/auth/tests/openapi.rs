@@ -11,6 +11,9 @@ async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
         password_queue_limit: auth::password::default_queue_limit(),
+        signin_policy: Default::default(),
+        trusted_proxies: common::client::TrustedProxies::private_networks(),
+        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await

@@ -19,6 +19,9 @@ async fn spawn_auth_with_queue(password_queue_limit: usize) -> TestApp {
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
         password_queue_limit,
+        signin_policy: Default::default(),
+        trusted_proxies: common::client::TrustedProxies::private_networks(),
+        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await

@@ -81,8 +81,15 @@ pub struct Visitor {
 }
 
 impl Visitor {
-    /// Headers forwarded on every call.
-    const FORWARDED: [header::HeaderName; 2] = [header::COOKIE, header::HOST];
+    /// Headers forwarded on every call: the visitor's cookie and host, and
+    /// the visitor's address as the ingress gave it (`X-Forwarded-For`), so
+    /// that the limits per client address (the edge's, sign-in's) count the
+    /// visitor, not the web client every visitor's pages are rendered by.
+    const FORWARDED: [header::HeaderName; 3] = [
+        header::COOKIE,
+        header::HOST,
+        header::HeaderName::from_static("x-forwarded-for"),
+    ];
 
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut forwarded = HeaderMap::new();

@@ -45,6 +45,9 @@ pub struct Settings {
     pub stripe_publishable_key: Option<String>,
     /// Local development: readable logs.
     pub development: bool,
+    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
+    /// `REQUEST_TIMEOUT_SECONDS`).
+    pub limits: common::overload::Limits,
 }
 
 impl Settings {
@@ -57,6 +60,7 @@ impl Settings {
             api_base_url: api_base_url.trim().trim_end_matches('/').to_owned(),
             stripe_publishable_key,
             development: env.development(),
+            limits: common::overload::Limits::from_env(env)?,
         };
         api::check_base_url(&settings.api_base_url).map_err(|reason| ConfigError::Invalid {
             name: "API_BASE_URL",
@@ -123,7 +127,7 @@ impl Application {
         let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
         Ok(Self {
             listener,
-            router: app(state),
+            router: settings.limits.apply(app(state)),
         })
     }
 

@@ -33,6 +33,7 @@ struct Seen {
     method: String,
     path: String,
     cookie: Option<String>,
+    forwarded_for: Option<String>,
     body: Value,
 }
 
@@ -90,6 +91,10 @@ async fn record(seen: Arc<Mutex<Vec<Seen>>>, request: Request, next: Next) -> Re
             .headers
             .get(header::COOKIE)
             .map(|v| v.to_str().unwrap().to_owned()),
+        forwarded_for: parts
+            .headers
+            .get("x-forwarded-for")
+            .map(|v| v.to_str().unwrap().to_owned()),
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     });
     next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -127,6 +132,7 @@ async fn spawn_client(api_base_url: &str) -> TestApp {
         api_base_url: api_base_url.to_owned(),
         stripe_publishable_key: None,
         development: true,
+        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await
@@ -392,20 +398,31 @@ async fn signin_relays_the_session_cookie_and_goes_back_to_the_page_asked_for() 
     let api = FakeApi::start(routes).await;
     let app = spawn_client(&api.base_url).await;
 
-    let reply = post_form(
-        &app,
-        "/auth/signin",
-        None,
-        &[
-            ("email", " buyer@test.com "),
-            ("password", "password"),
-            ("next", "/orders"),
-        ],
+    // As the ingress forwards it: the visitor's address.
+    let reply = Reply::read(
+        app.http
+            .post(format!("{}/auth/signin", app.base_url))
+            .header("x-forwarded-for", "203.0.113.8")
+            .form(&[
+                ("email", " buyer@test.com "),
+                ("password", "password"),
+                ("next", "/orders"),
+            ])
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     reply.assert_status(303);
     assert_eq!(location(&reply), "/orders");
     assert_eq!(reply.set_cookies(), [SET_COOKIE]);
+    // The API hears of the visitor's address, for the limits per address.
+    assert_eq!(
+        api.requests_to("/api/users/signin")[0]
+            .forwarded_for
+            .as_deref(),
+        Some("203.0.113.8")
+    );
     assert_eq!(
         api.requests_to("/api/users/signin")[0].body["email"],
         "buyer@test.com"
@@ -1025,6 +1042,7 @@ async fn with_a_publishable_key_the_order_page_uses_stripe_js() {
         api_base_url: api.base_url.clone(),
         stripe_publishable_key: Some("pk_test_123".into()),
         development: true,
+        limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
     let app = testkit::start(app.port(), |stop| app.run_until(stop));

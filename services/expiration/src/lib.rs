@@ -57,6 +57,9 @@ pub struct Settings {
     pub key_prefix: String,
     /// Local development: readable logs.
     pub development: bool,
+    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
+    /// `REQUEST_TIMEOUT_SECONDS`).
+    pub limits: common::overload::Limits,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
             bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("expiration"),
             key_prefix: "expiration".to_owned(),
             development: env.development(),
+            limits: common::overload::Limits::from_env(env)?,
         })
     }
 }
@@ -99,6 +103,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     scheduler: SchedulerConfig,
+    limits: common::overload::Limits,
 }
 
 impl Application {
@@ -114,6 +119,7 @@ impl Application {
             listener,
             state: AppState { jobs, bus },
             scheduler: SchedulerConfig::default(),
+            limits: settings.limits,
         })
     }
 
@@ -143,7 +149,8 @@ impl Application {
         background.spawn(scheduler.run(shutdown.clone()));
 
         tracing::info!(port, "expiration listening");
-        server::run(self.listener, app(self.state), background, shutdown).await
+        let router = self.limits.apply(app(self.state));
+        server::run(self.listener, router, background, shutdown).await
     }
 }
 
@@ -161,9 +168,11 @@ mod tests {
             names,
             vec![
                 ("APP_ENV", false),
+                ("MAX_IN_FLIGHT_REQUESTS", false),
                 ("NATS_URL", true),
                 ("PORT", false),
                 ("REDIS_URL", true),
+                ("REQUEST_TIMEOUT_SECONDS", false),
                 ("RUST_LOG", false),
             ]
         );

@@ -44,6 +44,7 @@ impl World {
             bus: testkit::bus_config(),
             key_prefix: testkit::unique_name("expiration"),
             development: true,
+            limits: Default::default(),
         };
         let bus = Bus::connect(settings.bus.clone())
             .await

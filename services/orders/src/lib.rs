@@ -48,9 +48,15 @@ pub struct Settings {
     pub jwt_key: Secret,
     /// Local development: readable logs, cookies without `Secure`.
     pub development: bool,
+    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
+    /// `REQUEST_TIMEOUT_SECONDS`).
+    pub limits: common::overload::Limits,
     /// How long an order holds its ticket (`EXPIRATION_WINDOW_SECONDS`,
     /// default 15 minutes).
     pub expiration_window: Duration,
+    /// How many orders one user may hold in `created` or `awaiting:payment`
+    /// at once (`MAX_ACTIVE_ORDERS_PER_USER`, default 4).
+    pub max_active_orders_per_user: u32,
     /// Whether this process publishes the outbox. Always `true` from the
     /// environment; tests turn it off to play a crash between the write and
     /// the publish.
@@ -66,7 +72,17 @@ impl Settings {
             bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("orders"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
+            limits: common::overload::Limits::from_env(env)?,
             expiration_window: Duration::from_secs(env.parse_or("EXPIRATION_WINDOW_SECONDS", 900)?),
+            max_active_orders_per_user: match env.parse_or("MAX_ACTIVE_ORDERS_PER_USER", 4)? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "MAX_ACTIVE_ORDERS_PER_USER",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                max => max,
+            },
             outbox_relay: true,
         })
     }
@@ -81,6 +97,7 @@ pub struct AppState {
     pub bus: Bus,
     pub database: mongodb::Database,
     pub expiration_window: Duration,
+    pub max_active_orders_per_user: u32,
 }
 
 impl FromRef<AppState> for Sessions {
@@ -125,6 +142,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     relay: Option<Relay>,
+    limits: common::overload::Limits,
 }
 
 impl Application {
@@ -143,12 +161,14 @@ impl Application {
             bus,
             database,
             expiration_window: settings.expiration_window,
+            max_active_orders_per_user: settings.max_active_orders_per_user,
         };
         let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
         Ok(Self {
             listener,
             state,
             relay: settings.outbox_relay.then_some(relay),
+            limits: settings.limits,
         })
     }
 
@@ -185,7 +205,8 @@ impl Application {
             return Err(err);
         }
         tracing::info!(port, "orders listening");
-        server::run(self.listener, app(self.state), background, stop).await
+        let router = self.limits.apply(app(self.state));
+        server::run(self.listener, router, background, stop).await
     }
 }
 
@@ -199,6 +220,7 @@ mod tests {
         let settings = Settings::from_env(&env).unwrap();
         assert_eq!(settings.port, 3000);
         assert_eq!(settings.expiration_window, Duration::from_secs(900));
+        assert_eq!(settings.max_active_orders_per_user, 4);
         assert!(settings.outbox_relay, "the relay always runs outside tests");
         assert!(!settings.development);
         let mut read = env.recorded();
@@ -209,9 +231,12 @@ mod tests {
                 ("APP_ENV", false),
                 ("EXPIRATION_WINDOW_SECONDS", false),
                 ("JWT_KEY", true),
+                ("MAX_ACTIVE_ORDERS_PER_USER", false),
+                ("MAX_IN_FLIGHT_REQUESTS", false),
                 ("MONGO_URI", true),
                 ("NATS_URL", true),
                 ("PORT", false),
+                ("REQUEST_TIMEOUT_SECONDS", false),
                 ("RUST_LOG", false),
             ]
         );

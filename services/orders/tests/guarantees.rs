@@ -79,6 +79,87 @@ async fn after_a_cancel_the_ticket_can_be_ordered_again() {
 }
 
 #[tokio::test]
+async fn fifty_orders_at_once_by_one_buyer_hold_exactly_the_allowed_four() {
+    let orders = spawn_orders().await;
+    let mut tickets = Vec::new();
+    for n in 0..50 {
+        tickets.push(orders.seed_ticket(&format!("seat {n}"), 1_000).await.id);
+    }
+    let buyer = ObjectId::new().to_hex();
+    let cookie = testkit::signin_as(&buyer, "hoarder@test.com");
+    let replies = futures::future::join_all(
+        tickets
+            .iter()
+            .map(|ticket| orders.order_ticket(&cookie, ticket)),
+    )
+    .await;
+    let created: Vec<_> = replies.iter().filter(|r| r.status == 201).collect();
+    assert_eq!(
+        created.len(),
+        4,
+        "statuses: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for refused in replies.iter().filter(|r| r.status != 201) {
+        refused.assert_error(400, "Too many active reservations");
+    }
+
+    // Cancelling one frees its slot for exactly one more order.
+    let first = created[0].body["id"].as_str().unwrap().to_owned();
+    orders
+        .app
+        .delete(&format!("/api/orders/{first}"), Some(&cookie))
+        .await
+        .assert_status(204);
+    let free: Vec<&String> = tickets
+        .iter()
+        .filter(|t| !created.iter().any(|r| r.body["ticket"]["id"] == t.as_str()))
+        .collect();
+    orders
+        .order_ticket(&cookie, free[0])
+        .await
+        .assert_status(201);
+    orders
+        .order_ticket(&cookie, free[1])
+        .await
+        .assert_error(400, "Too many active reservations");
+    // Someone else is not affected.
+    let other = testkit::signin_as(&ObjectId::new().to_hex(), "other@test.com");
+    orders
+        .order_ticket(&other, free[2])
+        .await
+        .assert_status(201);
+}
+
+#[tokio::test]
+async fn a_paid_order_frees_its_buyers_slot_and_keeps_its_ticket() {
+    let orders = spawn_orders().await;
+    let store = orders.orders();
+    let expires = Utc::now() + Duration::from_secs(60);
+    let price = Money::from_cents(100);
+    let first = Order::new("buyer", ObjectId::new(), expires);
+    store.create(&first, price, 1).await.unwrap();
+    assert!(matches!(
+        store
+            .create(&Order::new("buyer", ObjectId::new(), expires), price, 1)
+            .await,
+        Err(CreateError::TooManyActive)
+    ));
+    let ticket = first.ticket_id;
+    store.complete(first).await.unwrap();
+    store
+        .create(&Order::new("buyer", ObjectId::new(), expires), price, 1)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create(&Order::new("someone", ticket, expires), price, 1)
+            .await,
+        Err(CreateError::TicketReserved)
+    ));
+}
+
+#[tokio::test]
 async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
     // The store against the server directly: the unique sparse index, not
     // any check in the code, is what says no.
@@ -89,10 +170,10 @@ async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
     let price = Money::from_cents(100);
 
     let first = Order::new("u1", ticket, expires);
-    store.create(&first, price).await.unwrap();
+    store.create(&first, price, 4).await.unwrap();
     let second = Order::new("u2", ticket, expires);
     assert!(matches!(
-        store.create(&second, price).await,
+        store.create(&second, price, 4).await,
         Err(CreateError::TicketReserved)
     ));
 
@@ -109,7 +190,7 @@ async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
         );
         let next = Order::new("u3", ticket, expires);
         store
-            .create(&next, price)
+            .create(&next, price, 4)
             .await
             .unwrap_or_else(|e| panic!("reorder {n}: {e}"));
         current = next;
@@ -125,7 +206,7 @@ async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
     assert_eq!(active, 1);
     // A different ticket is not affected.
     store
-        .create(&Order::new("u2", ObjectId::new(), expires), price)
+        .create(&Order::new("u2", ObjectId::new(), expires), price, 4)
         .await
         .unwrap();
 }

@@ -52,6 +52,9 @@ pub struct Settings {
     pub bus: BusConfig,
     /// Local development: readable logs, cookies without `Secure`.
     pub development: bool,
+    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
+    /// `REQUEST_TIMEOUT_SECONDS`).
+    pub limits: common::overload::Limits,
     /// Whether to run the outbox relay (always, in a real process). Tests turn
     /// it off to play a crash between the write and the publish.
     pub outbox_relay: bool,
@@ -77,6 +80,7 @@ impl Settings {
             stripe_api_base,
             bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("payments"),
             development: env.development(),
+            limits: common::overload::Limits::from_env(env)?,
             outbox_relay: true,
         })
     }
@@ -166,7 +170,7 @@ impl Application {
         let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
         Ok(Self {
             listener,
-            router: app(state),
+            router: settings.limits.apply(app(state)),
             bus,
             orders,
             relay: settings.outbox_relay.then_some(relay),

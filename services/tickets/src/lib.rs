@@ -43,6 +43,9 @@ pub struct Settings {
     pub jwt_key: Secret,
     /// Local development: readable logs, cookies without `Secure`.
     pub development: bool,
+    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
+    /// `REQUEST_TIMEOUT_SECONDS`).
+    pub limits: common::overload::Limits,
     /// Whether the outbox relay runs. Always true from the environment; tests
     /// turn it off to play a crash after the write and before the publish.
     pub outbox_relay: bool,
@@ -57,6 +60,7 @@ impl Settings {
             bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("tickets"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
+            limits: common::overload::Limits::from_env(env)?,
             outbox_relay: true,
         })
     }
@@ -137,7 +141,7 @@ impl Application {
         let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
         Ok(Self {
             listener,
-            router: app(state.clone()),
+            router: settings.limits.apply(app(state.clone())),
             state,
             relay: settings.outbox_relay.then_some(relay),
         })
@@ -212,7 +216,9 @@ mod tests {
                 "MONGO_URI",
                 "NATS_URL",
                 "JWT_KEY",
-                "APP_ENV"
+                "APP_ENV",
+                "MAX_IN_FLIGHT_REQUESTS",
+                "REQUEST_TIMEOUT_SECONDS"
             ]
         );
         assert!(settings.outbox_relay);

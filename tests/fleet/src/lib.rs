@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use devstack::Stack;
+use devstack::{Stack, ingress::IngressOptions};
 use serde_json::{Value, json};
 use testkit::{Reply, TestApp};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Shop {
     pub stack: Stack,
     http: TestApp,
+    address: std::net::SocketAddr,
 }
 
 /// A signed-up user.
@@ -28,7 +29,17 @@ impl Shop {
     /// Starts the fleet with an expiration window of `window_seconds`.
     pub async fn open(window_seconds: u64) -> Self {
         let window = window_seconds.to_string();
-        let stack = Stack::start(&[], &[("EXPIRATION_WINDOW_SECONDS", &window)])
+        Self::open_with(
+            &[("EXPIRATION_WINDOW_SECONDS", &window)],
+            IngressOptions::default(),
+        )
+        .await
+    }
+
+    /// Starts the fleet with the extra service environment `env` and these
+    /// ingress bounds and limits.
+    pub async fn open_with(env: &[(&str, &str)], ingress: IngressOptions) -> Self {
+        let stack = Stack::start_with(&[], env, ingress)
             .await
             .unwrap_or_else(|err| panic!("the fleet did not start: {err:#}"));
         let address = stack
@@ -39,7 +50,19 @@ impl Shop {
         Self {
             http: TestApp::new(address, CancellationToken::new()),
             stack,
+            address,
         }
+    }
+
+    /// The ingress's address.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    /// A client of the ingress connecting from `source` (`127.0.0.2`, …): a
+    /// client address of its own.
+    pub fn client_from(&self, source: std::net::IpAddr) -> TestApp {
+        TestApp::new(self.address, CancellationToken::new()).sending_from(source)
     }
 
     pub async fn close(self) {

@@ -19,6 +19,7 @@
 
 mod api;
 mod floor;
+mod limits;
 mod load;
 mod report;
 mod scenarios;
@@ -111,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
         &[
             ("EXPIRATION_WINDOW_SECONDS", window.as_str()),
             ("RUST_LOG", settings.service_log.as_str()),
+            // A few buyers stand for thousands (up to 950 pending orders).
+            ("MAX_ACTIVE_ORDERS_PER_USER", "100000"),
         ],
     )
     .await
@@ -237,9 +240,24 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         begun,
         "POST /api/users/signin (auth's memory is read after it)",
     );
-    let signin = Bytes::from(json!({"email": seller.email, "password": api::PASSWORD}).to_string());
-    let make: load::MakeRequest =
-        Arc::new(move |_| Some(Req::post("/api/users/signin", signin.clone())));
+    // One account per connection: auth counts an account's attempts being
+    // checked as possible guesses, and a person does not sign in 32 times at
+    // once.
+    let signers = api::signup_many(&api, "signin", settings.connections).await?;
+    let signins: Arc<Vec<Bytes>> = Arc::new(
+        signers
+            .iter()
+            .map(|user| {
+                Bytes::from(json!({"email": user.email, "password": api::PASSWORD}).to_string())
+            })
+            .collect(),
+    );
+    let make: load::MakeRequest = Arc::new(move |connection| {
+        Some(Req::post(
+            "/api/users/signin",
+            signins[connection % signins.len()].clone(),
+        ))
+    });
     let signin_runs = Runs {
         shape: Shape {
             duration: Duration::from_secs_f64(settings.signin_seconds),
@@ -322,12 +340,28 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         route(
             "GET /api/tickets/:id",
             &runs,
-            make,
+            Arc::clone(&make),
             None,
             load::status_is(200),
             Some(("find_one({_id})", floors.find_ticket())),
         )
         .await?,
+    );
+
+    progress(begun, "GET /api/tickets/:id with the limits off and on");
+    let limits = limits::measure(
+        "GET /api/tickets/:id",
+        ingress,
+        stack.fleet().upstreams(),
+        shape,
+        &quiet,
+        make,
+        load::status_is(200),
+    )
+    .await?;
+    eprintln!(
+        "bench           limits: off {:.0} req/s, on {:.0} req/s ({:.1} %)",
+        limits.off_per_second, limits.on_per_second, limits.cost_percent
     );
 
     progress(
@@ -502,6 +536,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         orders_pool: pool.len(),
         auth_signin_peak_mib,
         targets: Vec::new(),
+        limits: Some(limits),
     };
     report.targets = targets::check(&report);
     Ok(report)

@@ -132,6 +132,9 @@ pub struct Report {
     pub auth_signin_peak_mib: Option<f64>,
     /// Each target of the report, met or not (see [`crate::targets`]).
     pub targets: Vec<crate::targets::Target>,
+    /// GET /api/tickets/:id with the limits off and on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::LimitsCost>,
 }
 
 fn rate(value: f64) -> String {
@@ -352,6 +355,9 @@ pub fn markdown(r: &Report) -> String {
         race.orders_listed,
         race.tickets_with_one_order
     );
+    if let Some(limits) = &r.limits {
+        let _ = writeln!(out, "{}", crate::limits::render(limits));
+    }
 
     let _ = writeln!(
         out,

@@ -56,6 +56,17 @@ environment (dev up):
   DEV_SERVICE_PORT_BASE (3001)  JWT_KEY (else .dev/jwt_key)
   STRIPE_KEY, STRIPE_API_BASE (unset: a fake key and the local Stripe fake)
   EXPIRATION_WINDOW_SECONDS, RUST_LOG are passed to the services
+  (and every other variable a service reads: `<service> --print-env`)
+environment of the ingress (dev up, dev fleet):
+  EDGE_RATE_LIMIT                  requests per client address, e.g. 50/s,burst=100
+                                   (token bucket; 429 + Retry-After past it). OFF unless
+                                   set, so load tests and benchmarks from loopback are
+                                   not throttled
+  EDGE_TRUSTED_PROXIES (none)      addresses/CIDRs whose X-Forwarded-For names the client
+                                   (127.0.0.1: the web client's calls count as its visitors)
+  INGRESS_HEADER_TIMEOUT_SECONDS (10)  time to send a request's headers, and the most a
+                                   kept-alive connection may sit idle
+  INGRESS_MAX_CONNECTIONS (8192)   open client connections; past it new ones get a 503
 environment (dev infra, dev fleet):
   DEVSTACK_LOG=1 streams the infrastructure's (and services') logs";
 
@@ -203,6 +214,17 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
     let start_stripe_fake = stripe_key.is_none() && stripe_api_base.is_none();
 
     let ingress_port = env_port("INGRESS_PORT", 8080)?;
+    let ingress_options = devstack::ingress::IngressOptions::from_env()?;
+    match &ingress_options.rate_limit {
+        Some(limit) => say(
+            &out,
+            &format!("edge rate limit: {limit} per client address (EDGE_RATE_LIMIT)"),
+        ),
+        None => say(
+            &out,
+            "edge rate limit: off (set EDGE_RATE_LIMIT, e.g. 50/s,burst=100)",
+        ),
+    }
     let service_port_base = env_port("DEV_SERVICE_PORT_BASE", 3001)?;
     let infra_options = InfraOptions {
         data_dir: Some(paths::dev_data_dir()),
@@ -269,13 +291,16 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         let upstreams = fleet.upstreams();
         for listener in std::iter::once(listener).chain(listener_v6) {
             let mut stop_rx = stop_ingress_rx.clone();
-            stack.ingress.push(tokio::spawn(devstack::ingress::serve(
-                listener,
-                upstreams.clone(),
-                async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                },
-            )));
+            stack
+                .ingress
+                .push(tokio::spawn(devstack::ingress::serve_with(
+                    listener,
+                    upstreams.clone(),
+                    ingress_options.clone(),
+                    async move {
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                    },
+                )));
         }
         // The ingress serves while the services start: the web client is
         // ready only once the API answers through it.
@@ -561,7 +586,8 @@ async fn fleet_command(args: &[String]) -> anyhow::Result<ExitCode> {
 
     let mut shutdown = shutdown_signal()?;
     let stack = tokio::select! {
-        stack = devstack::Stack::start(&names, &env) => stack.context("the fleet did not start")?,
+        stack = devstack::Stack::start_with(&names, &env, devstack::ingress::IngressOptions::from_env()?)
+            => stack.context("the fleet did not start")?,
         () = shutdown.recv() => return Ok(ExitCode::from(130)),
     };
     eprintln!(

@@ -12,6 +12,7 @@ use axum::{
 };
 use common::{
     Error, Result,
+    client::ClientIp,
     error::{ErrorBody, ErrorItem, Json},
     session::{CurrentUser, Sessions, UserView},
 };
@@ -155,20 +156,53 @@ async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) ->
         (status = 413, description = "Body over the size limit", body = ErrorBody),
         (status = 503, description = "`Service is busy, try again later`: too many passwords waiting to be hashed; `Retry-After` says when to try again", body = ErrorBody,
             headers(("retry-after" = String, description = "Seconds to wait"))),
+        (status = 429, description = "`Too many attempts, try again later`: too many failed sign-ins for this email or from this address; the same whether or not the email has an account",
+            body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds until a sign-in is accepted again"))),
     ),
 )]
 #[tracing::instrument(skip_all)]
-async fn signin(State(state): State<AppState>, Json(body): Json<Credentials>) -> Result<Response> {
+async fn signin(
+    State(state): State<AppState>,
+    ClientIp(client): ClientIp,
+    Json(body): Json<Credentials>,
+) -> Result<Response> {
     let (email, password) = body.validate(|p| !p.is_empty(), "You must supply a password")?;
 
+    // Counted before anything about the account is looked at: the refusal
+    // is the same, and as quick, for an email nobody has.
+    let counted = match state.throttle.attempt(&email, &client.to_string()).await? {
+        Ok(counted) => counted,
+        Err(retry_after) => {
+            common::metrics::record_rejected("signin_throttled");
+            tracing::warn!(%client, "sign-in refused: too many failed attempts");
+            return Err(Error::TooManyRequests {
+                message: "Too many attempts, try again later".into(),
+                retry_after,
+            });
+        }
+    };
     let user = state.users.find_by_email(&email).await?;
-    let matches = state
+    let matches = match state
         .hasher
         .verify(password, user.as_ref().map(|u| u.password.clone()))
-        .await?;
+        .await
+    {
+        Ok(matches) => matches,
+        Err(refused) => {
+            state.throttle.abandoned(counted).await?;
+            return Err(refused);
+        }
+    };
     match user {
-        Some(user) if matches => signed_in(&state.sessions, StatusCode::OK, &user),
-        _ => Err(Error::bad_request("Invalid credentials")),
+        Some(user) if matches => {
+            state.throttle.succeeded(counted).await?;
+            signed_in(&state.sessions, StatusCode::OK, &user)
+        }
+        _ => {
+            state.throttle.failed(counted).await?;
+            Err(Error::bad_request("Invalid credentials"))
+        }
     }
 }
 

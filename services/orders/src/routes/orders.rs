@@ -166,7 +166,9 @@ struct NewOrder {
 ///
 /// 400 `TicketId must be provided`, 404 for a ticket the replica does not
 /// know, 400 `Ticket is already reserved` when the one-order-per-ticket index
-/// refuses the insert; 201 with the order, and `order.created` on its way.
+/// refuses the insert, 400 `Too many active reservations` when the buyer
+/// already holds `MAX_ACTIVE_ORDERS_PER_USER` orders in `created` or
+/// `awaiting:payment`; 201 with the order, and `order.created` on its way.
 #[utoipa::path(
     post,
     path = "/api/orders",
@@ -175,7 +177,7 @@ struct NewOrder {
     request_body = NewOrder,
     responses(
         (status = 201, description = "Ordered: the ticket is reserved until `expiresAt`", body = OrderBody),
-        (status = 400, description = "`TicketId must be provided`, `Ticket is already reserved`, or a body that is not the JSON expected", body = ErrorBody),
+        (status = 400, description = "`TicketId must be provided`, `Ticket is already reserved`, `Too many active reservations` (the buyer holds `MAX_ACTIVE_ORDERS_PER_USER` unpaid orders), or a body that is not the JSON expected", body = ErrorBody),
         (status = 401, description = "Not signed in", body = ErrorBody),
         (status = 404, description = "No such ticket", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
@@ -199,10 +201,18 @@ async fn create(
         .ok_or(Error::NotFound)?;
 
     let order = Order::new(&user.id, ticket.id, Utc::now() + state.expiration_window);
-    match state.orders.create(&order, ticket.price).await {
+    match state
+        .orders
+        .create(&order, ticket.price, state.max_active_orders_per_user)
+        .await
+    {
         Ok(()) => {}
         Err(CreateError::TicketReserved) => {
             return Err(Error::bad_request("Ticket is already reserved"));
+        }
+        Err(CreateError::TooManyActive) => {
+            common::metrics::record_rejected("active_orders_limit");
+            return Err(Error::bad_request("Too many active reservations"));
         }
         Err(CreateError::Other(e)) => return Err(e.into()),
     }

@@ -1,7 +1,7 @@
 //! The `orders` collection.
 //!
 //! ```text
-//! {_id, userId, status, expiresAt (date), version, ticketId, activeTicketId?, outbox: [...]}
+//! {_id, userId, status, expiresAt (date), version, ticketId, activeTicketId?, activeSlot?, outbox: [...]}
 //! ```
 //!
 //! # One order per ticket
@@ -13,6 +13,20 @@
 //! tried and exactly one succeeds — there is no check-then-insert window like
 //! the original's. Documents without the field (cancelled orders) are not in
 //! the index, so a released ticket can be ordered again, any number of times.
+//!
+//! # At most N active orders per user
+//!
+//! The same device bounds how many orders a user holds in `created` or
+//! `awaiting:payment` (`MAX_ACTIVE_ORDERS_PER_USER`): an active order holds
+//! one of its buyer's N slots, `activeSlot: "<userId>:<n>"` for an `n` below
+//! N, under a unique sparse index. A new order reads which slots are taken
+//! and tries to insert itself into each free one in turn; a duplicate key on
+//! the slot means another order took it meanwhile, and the next slot is
+//! tried. When every slot is taken, the order is refused. However many orders
+//! one user sends at once, the index lets at most N of them in. Cancelling
+//! and completing `$unset` the slot in the same write as the status, so a
+//! slot is never leaked by a crash between two writes. (Orders written
+//! before the slots existed hold none and are not counted.)
 //!
 //! # Transitions and their events
 //!
@@ -45,10 +59,18 @@ pub const COLLECTION: &str = "orders";
 /// The field that marks an order as holding its ticket.
 const ACTIVE_TICKET: &str = "activeTicketId";
 
+/// The field that marks an order as holding one of its buyer's slots.
+const ACTIVE_SLOT: &str = "activeSlot";
+
 /// How many times a transition re-reads after losing a compare-and-set before
 /// it gives up. Each loss means someone else changed the order, and an order
 /// only changes a few times in its life, so this is never reached in practice.
 const CAS_ATTEMPTS: usize = 8;
+
+/// The `n`-th active-order slot of `user_id`.
+fn slot_key(user_id: &str, n: u32) -> String {
+    format!("{user_id}:{n}")
+}
 
 /// A stored order (without its outbox and marker, which only the store uses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +119,9 @@ pub enum CreateError {
     /// Another order holds the ticket (the unique index said no).
     #[error("the ticket is already reserved")]
     TicketReserved,
+    /// The buyer holds as many active orders as allowed.
+    #[error("the buyer holds too many active orders")]
+    TooManyActive,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -161,6 +186,16 @@ impl Orders {
                     .build(),
             )
             .build();
+        let one_per_slot = IndexModel::builder()
+            .keys(doc! { ACTIVE_SLOT: 1 })
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .sparse(true)
+                    .name("active_orders_per_user".to_owned())
+                    .build(),
+            )
+            .build();
         let by_user = IndexModel::builder()
             .keys(doc! { "userId": 1, "_id": -1 })
             .options(
@@ -170,7 +205,7 @@ impl Orders {
             )
             .build();
         self.orders
-            .create_indexes([one_per_ticket, by_user])
+            .create_indexes([one_per_ticket, one_per_slot, by_user])
             .await?;
         Ok(())
     }
@@ -189,9 +224,15 @@ impl Orders {
             .await
     }
 
-    /// Inserts a new order with `order.created` in its outbox, in one write.
+    /// Inserts a new order with `order.created` in its outbox, in one write,
+    /// in one of its buyer's `max_active` slots (see the module docs).
     /// `price` is the ticket's price as the order saw it.
-    pub async fn create(&self, order: &Order, price: Money) -> Result<(), CreateError> {
+    pub async fn create(
+        &self,
+        order: &Order,
+        price: Money,
+        max_active: u32,
+    ) -> Result<(), CreateError> {
         let event = OrderCreated {
             id: order.id.to_hex(),
             version: order.version,
@@ -208,24 +249,66 @@ impl Orders {
             document.insert(ACTIVE_TICKET, order.ticket_id);
         }
         document.insert(outbox::FIELD, vec![OutboxEvent::of(&event)?.to_bson()?]);
-        match self
-            .orders
-            .clone_with_type::<Document>()
-            .insert_one(document)
-            .await
+        let taken = self.taken_slots(&order.user_id).await?;
+        let documents = self.orders.clone_with_type::<Document>();
+        for slot in (0..max_active)
+            .map(|n| slot_key(&order.user_id, n))
+            .filter(|slot| !taken.contains(slot))
         {
-            Ok(_) => {}
-            Err(e) if common::mongo::is_duplicate_key(&e) => {
-                return Err(CreateError::TicketReserved);
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context("failed to insert an order")
-                    .into());
+            document.insert(ACTIVE_SLOT, &slot);
+            match documents.insert_one(&document).await {
+                Ok(_) => {
+                    self.outbox.wake(order.id);
+                    return Ok(());
+                }
+                Err(e) if common::mongo::is_duplicate_key(&e) => {
+                    // The ticket's index or the slot's: if the ticket is
+                    // held, no slot will help.
+                    if self.ticket_held(order.ticket_id).await? {
+                        return Err(CreateError::TicketReserved);
+                    }
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context("failed to insert an order")
+                        .into());
+                }
             }
         }
-        self.outbox.wake(order.id);
-        Ok(())
+        if self.ticket_held(order.ticket_id).await? {
+            return Err(CreateError::TicketReserved);
+        }
+        Err(CreateError::TooManyActive)
+    }
+
+    /// The slots the user's active orders hold now.
+    async fn taken_slots(&self, user_id: &str) -> anyhow::Result<Vec<String>> {
+        let held: Vec<Document> = self
+            .orders
+            .clone_with_type::<Document>()
+            .find(doc! { "userId": user_id, ACTIVE_SLOT: { "$exists": true } })
+            .projection(doc! { ACTIVE_SLOT: 1 })
+            .await
+            .context("failed to read the buyer's active orders")?
+            .try_collect()
+            .await
+            .context("failed to read the buyer's active orders")?;
+        Ok(held
+            .iter()
+            .filter_map(|d| d.get_str(ACTIVE_SLOT).ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// Whether an order holds the ticket.
+    async fn ticket_held(&self, ticket_id: ObjectId) -> anyhow::Result<bool> {
+        Ok(self
+            .orders
+            .clone_with_type::<Document>()
+            .find_one(doc! { ACTIVE_TICKET: ticket_id })
+            .projection(doc! { "_id": 1 })
+            .await
+            .context("failed to read the ticket's order")?
+            .is_some())
     }
 
     /// Cancels `order` unless it is complete: status `cancelled`, the ticket
@@ -248,7 +331,7 @@ impl Orders {
             };
             let update = doc! {
                 "$set": { "status": OrderStatus::Cancelled.as_str(), "version": event.version },
-                "$unset": { ACTIVE_TICKET: "" },
+                "$unset": { ACTIVE_TICKET: "", ACTIVE_SLOT: "" },
                 "$push": outbox::push(&event)?,
             };
             match self.compare_and_set(&order, update).await? {
@@ -277,8 +360,10 @@ impl Orders {
                 OrderStatus::Cancelled => return Ok(Completion::Cancelled(order)),
                 OrderStatus::Created | OrderStatus::AwaitingPayment => {}
             }
+            // Paid: the ticket stays held, the buyer's slot is free again.
             let update = doc! {
                 "$set": { "status": OrderStatus::Complete.as_str(), "version": order.version + 1 },
+                "$unset": { ACTIVE_SLOT: "" },
             };
             match self.compare_and_set(&order, update).await? {
                 Ok(completed) => {

@@ -30,7 +30,9 @@ pub fn settings() -> Settings {
         bus: testkit::bus_config(),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        limits: Default::default(),
         expiration_window: Duration::from_secs(15 * 60),
+        max_active_orders_per_user: 4,
         outbox_relay: true,
     }
 }

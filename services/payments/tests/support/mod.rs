@@ -43,6 +43,7 @@ pub fn settings() -> Settings {
         stripe_api_base: Some(stripe_api_base()),
         bus: testkit::bus_config(),
         development: false,
+        limits: Default::default(),
         outbox_relay: true,
     }
 }

@@ -41,6 +41,7 @@ impl Namespace {
             bus: self.bus.clone(),
             jwt_key: Secret::new(testkit::JWT_KEY),
             development: false,
+            limits: Default::default(),
             outbox_relay,
         }
     }
