@@ -65,7 +65,7 @@ impl Settings {
         Ok(Self {
             port: env.port()?,
             redis_url: env.required("REDIS_URL")?,
-            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("expiration"),
+            bus: BusConfig::from_env(env)?.with_connection_name("expiration"),
             key_prefix: "expiration".to_owned(),
             development: env.development(),
         })
@@ -161,6 +161,7 @@ mod tests {
             names,
             vec![
                 ("APP_ENV", false),
+                ("NATS_STREAM_REPLICAS", false),
                 ("NATS_URL", true),
                 ("PORT", false),
                 ("REDIS_URL", true),

@@ -63,7 +63,7 @@ impl Settings {
         Ok(Self {
             port: env.port()?,
             mongo_uri: env.required("MONGO_URI")?,
-            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("orders"),
+            bus: BusConfig::from_env(env)?.with_connection_name("orders"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
             expiration_window: Duration::from_secs(env.parse_or("EXPIRATION_WINDOW_SECONDS", 900)?),
@@ -210,6 +210,7 @@ mod tests {
                 ("EXPIRATION_WINDOW_SECONDS", false),
                 ("JWT_KEY", true),
                 ("MONGO_URI", true),
+                ("NATS_STREAM_REPLICAS", false),
                 ("NATS_URL", true),
                 ("PORT", false),
                 ("RUST_LOG", false),

@@ -54,7 +54,7 @@ impl Settings {
         Ok(Self {
             port: env.port()?,
             mongo_uri: env.required("MONGO_URI")?,
-            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("tickets"),
+            bus: BusConfig::from_env(env)?.with_connection_name("tickets"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
             outbox_relay: true,
@@ -211,6 +211,7 @@ mod tests {
                 "PORT",
                 "MONGO_URI",
                 "NATS_URL",
+                "NATS_STREAM_REPLICAS",
                 "JWT_KEY",
                 "APP_ENV"
             ]
