@@ -604,6 +604,9 @@ def check_gateway(overlay: str, docs: list[dict], table: dict, svcs: dict[str, d
         rwhere = f"{overlay}: HTTPRoute {route['metadata']['name']}"
         spec = route.get("spec") or {}
         parents = {(p.get("name"), p.get("sectionName")) for p in spec.get("parentRefs") or []}
+        for parent, section in sorted(parents, key=str):
+            if parent != name or (section is not None and section not in listeners):
+                problems.append(f"{rwhere}: parentRef {parent}/{section} is not a listener of Gateway {name}")
         if not ({(name, "http"), (name, "https")} <= parents or (name, None) in parents):
             problems.append(f"{rwhere}: parentRefs {sorted(parents, key=str)} do not attach it to both listeners of Gateway {name}")
         if spec.get("hostnames") != [table["host"]]:
