@@ -13,6 +13,31 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{Fleet, FleetOptions, Infra, InfraOptions, ingress};
 
+/// What [`Stack::start_with`] starts.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The services to start (all when empty).
+    pub only: Vec<String>,
+    /// Extra environment of every service (e.g. `EXPIRATION_WINDOW_SECONDS`).
+    pub env: Vec<(String, String)>,
+    /// Replicas of every service, balanced by the ingress (default 1).
+    pub replicas: usize,
+    /// NATS nodes: more than 1 is a JetStream cluster, and the services keep
+    /// the stream on every node (`NATS_STREAM_REPLICAS`) (default 1).
+    pub nats_nodes: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            only: Vec::new(),
+            env: Vec::new(),
+            replicas: 1,
+            nats_nodes: 1,
+        }
+    }
+}
+
 /// A running stack. Stop it with [`Stack::stop`]; dropping it kills
 /// everything.
 #[derive(Debug)]
@@ -29,31 +54,57 @@ impl Stack {
     /// with the extra environment `env` (e.g. `EXPIRATION_WINDOW_SECONDS`),
     /// and the ingress on a free port; returns when every service is ready.
     pub async fn start(only: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let infra = Infra::start(InfraOptions::ephemeral().with_stripe())
-            .await
-            .context("failed to start the infrastructure")?;
+        Self::start_with(StackOptions {
+            only: only.iter().map(|name| (*name).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..StackOptions::default()
+        })
+        .await
+    }
+
+    /// Starts a stack as `options` say; returns when every replica is ready.
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
+        let infra = Infra::start(
+            InfraOptions::ephemeral()
+                .with_stripe()
+                .with_nats_nodes(options.nats_nodes),
+        )
+        .await
+        .context("failed to start the infrastructure")?;
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("failed to bind the ingress")?;
         let base_url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
 
-        let mut options = FleetOptions::new(infra.endpoints().clone())?;
-        if !only.is_empty() {
-            options = options.only(only);
+        let mut fleet_options = FleetOptions::new(infra.endpoints().clone())?;
+        if !options.only.is_empty() {
+            let only: Vec<&str> = options.only.iter().map(String::as_str).collect();
+            fleet_options = fleet_options.only(&only);
         }
-        options.api_base_url = Some(base_url.clone());
-        options.env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        options.ready_timeout = Duration::from_secs(60);
+        fleet_options.api_base_url = Some(base_url.clone());
+        fleet_options.replicas = options.replicas;
+        if options.nats_nodes > 1 {
+            fleet_options.env.push((
+                "NATS_STREAM_REPLICAS".to_owned(),
+                options.nats_nodes.to_string(),
+            ));
+        }
+        fleet_options.env.extend(options.env);
+        fleet_options.ready_timeout = Duration::from_secs(60);
         // The web client is ready only once the API answers through the
         // ingress, so the ingress goes up before the fleet is waited for.
-        let fleet = Fleet::spawn(options)?;
+        let fleet = Fleet::spawn(fleet_options)?;
         let (stop_ingress, mut stopped) = watch::channel(false);
-        let ingress = tokio::spawn(ingress::serve(listener, fleet.upstreams(), async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
+        let ingress = tokio::spawn(ingress::serve(
+            listener,
+            fleet.replica_upstreams(),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
         let stack = Self {
             infra,
             fleet: Some(fleet),

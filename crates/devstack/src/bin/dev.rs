@@ -39,7 +39,12 @@ const USAGE: &str = "\
 usage: dev <command>
 
 commands:
-  up [--only a,b] [--skip a,b]   run infrastructure, services and the ingress (make dev)
+  up [--only a,b] [--skip a,b] [--replicas N] [--nats-cluster N]
+                                 run infrastructure, services and the ingress (make dev);
+                                 N replicas of every service behind the ingress (balanced),
+                                 NATS as a JetStream cluster of N nodes (the stream on all);
+                                 a skipped service's routes still go to its port, so you can
+                                 run your own there (e.g. another client on / )
   infra -- <command> [args...]   run a command against ephemeral infrastructure (make test)
   fleet [--expiration-window S] [--only a,b] [--skip a,b] -- <command> [args...]
                                  run a command against the whole fleet on free ports behind
@@ -99,12 +104,16 @@ fn init_tracing() {
 struct UpArgs {
     only: Option<Vec<String>>,
     skip: Vec<String>,
+    replicas: usize,
+    nats_nodes: usize,
 }
 
 fn parse_up_args(args: &[String]) -> anyhow::Result<UpArgs> {
     let mut parsed = UpArgs {
         only: None,
         skip: Vec::new(),
+        replicas: 1,
+        nats_nodes: 1,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -120,10 +129,21 @@ fn parse_up_args(args: &[String]) -> anyhow::Result<UpArgs> {
         match arg.as_str() {
             "--only" => parsed.only = Some(list(args.next())?),
             "--skip" => parsed.skip.extend(list(args.next())?),
+            "--replicas" => parsed.replicas = count(arg, args.next(), 9)?,
+            "--nats-cluster" => parsed.nats_nodes = count(arg, args.next(), 5)?,
             other => bail!("unknown option {other:?} for `dev up`\n\n{USAGE}"),
         }
     }
     Ok(parsed)
+}
+
+/// `--replicas N` / `--nats-cluster N`: a number from 1 to `max`.
+fn count(option: &str, value: Option<&String>, max: usize) -> anyhow::Result<usize> {
+    let value = value.with_context(|| format!("{option} needs a number"))?;
+    match value.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => bail!("{option} {value:?}: expected a number from 1 to {max}"),
+    }
 }
 
 /// Everything `dev up` started, so that whatever got started is stopped, even
@@ -173,11 +193,12 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         services.retain(|service| only.contains(&service.name));
     }
     check_known(&args.skip, &services)?;
+    let all_names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     services.retain(|service| !args.skip.contains(&service.name));
 
     let width = services
         .iter()
-        .map(|service| service.name.len())
+        .map(|service| fleet::replica_name(&service.name, args.replicas).len())
         .chain(["ingress".len(), "stripe".len()])
         .max()
         .unwrap_or(10);
@@ -200,7 +221,12 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         output: out.clone(),
         ready_timeout: Duration::from_secs(60),
         stop_grace: Duration::from_secs(10),
+        nats_nodes: args.nats_nodes,
     };
+    let port_plan = PortPlan::FromBase(service_port_base);
+    // A skipped service that has routes keeps them: the ingress sends them to
+    // its port, where something else (another client, a debugger) may listen.
+    let stand_ins = fleet::stand_ins(&args.skip, &all_names, port_plan)?;
 
     // Bound first, so a taken port fails before anything is started. IPv6
     // loopback too where there is one, since `localhost` may resolve to ::1.
@@ -238,7 +264,17 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         }
         let options = FleetOptions {
             services: services.clone(),
-            ports: PortPlan::FromBase(service_port_base),
+            ports: port_plan,
+            replicas: args.replicas,
+            // The stream on every node of a cluster, as in production.
+            env: if args.nats_nodes > 1 {
+                vec![(
+                    "NATS_STREAM_REPLICAS".to_owned(),
+                    args.nats_nodes.to_string(),
+                )]
+            } else {
+                Vec::new()
+            },
             jwt_key: fleet::load_or_create_jwt_key(&paths::dev_dir().join("jwt_key"))?,
             stripe_key: stripe_key
                 .clone()
@@ -251,11 +287,18 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         let fleet = stack.fleet.insert(Fleet::spawn(options)?);
 
         let upstreams = fleet.upstreams();
+        let mut balanced = fleet.replica_upstreams();
+        for (name, port) in &stand_ins {
+            balanced.0.insert(
+                name.clone(),
+                vec![SocketAddr::from(([127, 0, 0, 1], *port))],
+            );
+        }
         for listener in std::iter::once(listener).chain(listener_v6) {
             let mut stop_rx = stop_ingress_rx.clone();
             stack.ingress.push(tokio::spawn(devstack::ingress::serve(
                 listener,
-                upstreams.clone(),
+                balanced.clone(),
                 async move {
                     let _ = stop_rx.wait_for(|stop| *stop).await;
                 },
@@ -292,6 +335,7 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
             &out,
             infra,
             &upstreams,
+            &stand_ins,
             ingress_port,
             stripe_api_base.as_deref(),
             start_stripe_fake,
@@ -329,6 +373,7 @@ fn print_table(
     out: &Output,
     infra: &Infra,
     upstreams: &HashMap<String, SocketAddr>,
+    stand_ins: &[(String, u16)],
     ingress_port: u16,
     stripe_api_base: Option<&str>,
     stripe_fake: bool,
@@ -360,11 +405,30 @@ fn print_table(
             note.into(),
         ));
     }
-    rows.push((
-        "nats".into(),
-        infra.nats_url().into(),
-        format!("JetStream; monitoring {}", infra.nats_monitor_url()),
-    ));
+    for (name, port) in stand_ins {
+        rows.push((
+            name.clone(),
+            format!("http://127.0.0.1:{port}"),
+            "skipped: its routes go here, run your own".into(),
+        ));
+    }
+    let nodes = infra.nats_nodes();
+    if nodes.is_empty() {
+        rows.push((
+            "nats".into(),
+            infra.nats_url().into(),
+            format!("JetStream; monitoring {}", infra.nats_monitor_url()),
+        ));
+    } else {
+        let urls: Vec<&str> = infra.nats_url().split(',').collect();
+        for ((server, name, monitor), url) in nodes.iter().zip(urls) {
+            rows.push((
+                name.clone(),
+                url.into(),
+                format!("JetStream cluster node {server}; monitoring {monitor}"),
+            ));
+        }
+    }
     rows.push((
         "mongo".into(),
         infra.mongo_uri().into(),
