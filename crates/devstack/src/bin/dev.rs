@@ -394,7 +394,12 @@ fn print_table(
     let mut names: Vec<&String> = upstreams.keys().collect();
     names.sort();
     for name in names {
-        let note = if table.routed_services().any(|routed| routed == name) {
+        // `orders-2` is a replica of orders.
+        let service = name
+            .rsplit_once('-')
+            .filter(|(_, number)| number.parse::<usize>().is_ok())
+            .map_or(name.as_str(), |(service, _)| service);
+        let note = if table.routed_services().any(|routed| routed == service) {
             "routed"
         } else {
             "no public routes"
