@@ -341,13 +341,13 @@ impl Fleet {
                     PortPlan::Free if replica > 1 => probe::free_port()?,
                     PortPlan::Free => first,
                     PortPlan::FromBase(_) => {
-                        let offset = u16::try_from(replica - 1)
+                        let port = u16::try_from(replica - 1)
                             .ok()
                             .and_then(|r| r.checked_mul(REPLICA_PORT_STRIDE))
                             .and_then(|offset| first.checked_add(offset))
                             .with_context(|| format!("no port left for {name}"))?;
-                        ensure_port_free(offset, &name)?;
-                        offset
+                        ensure_port_free(port, &name)?;
+                        port
                     }
                 };
                 let spec = service_spec(&options, service, &name, port);

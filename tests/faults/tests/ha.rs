@@ -297,6 +297,7 @@ async fn stream_info(http: &reqwest::Client, nodes: &[(String, String, String)])
 }
 
 /// How many `expiration.complete` a replica has published (its `/metrics`).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 async fn fired(http: &reqwest::Client, stack: &Stack, replica: &str) -> usize {
     let addr = stack.fleet().addr(replica).expect("a replica's address");
     let text = http
@@ -314,10 +315,6 @@ async fn fired(http: &reqwest::Client, stack: &Stack, replica: &str) -> usize {
                 && line.contains(r#"outcome="ok""#)
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|value| {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let count = value as usize;
-            count
-        })
+        .map(|value| value as usize)
         .sum()
 }
