@@ -134,6 +134,20 @@ else
 fi
 ok "${DEPLOY_TOOLS[*]} in .dev/venv/bin"
 
+# --- checkov (make check-deploy), in a venv of its own ----------------------------
+CHECKOV_PIN="checkov==3.3.30"
+CHECKOV_VENV="$DEV/checkov"
+step "policy scanner ($CHECKOV_PIN, .dev/checkov)"
+if stamp_is checkov "$CHECKOV_PIN" && [[ -x "$CHECKOV_VENV/bin/checkov" ]]; then
+    ok "up to date"
+else
+    [[ -x "$CHECKOV_VENV/bin/python" ]] || python3 -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$CHECKOV_PIN"
+    [[ -x "$CHECKOV_VENV/bin/checkov" ]] || die "checkov did not install .dev/checkov/bin/checkov"
+    stamp_set checkov "$CHECKOV_PIN"
+fi
+ok "checkov at .dev/checkov/bin/checkov"
+
 # --- schemathesis (make fuzz) --------------------------------------------------
 SCHEMATHESIS_PIN="schemathesis==4.32.5"
 step "API fuzzer ($SCHEMATHESIS_PIN)"

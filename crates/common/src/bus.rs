@@ -95,6 +95,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::backoff;
+use crate::config::{ConfigError, Env};
 use crate::events::Event;
 use crate::metrics::{self, EventOutcome};
 
@@ -117,7 +118,8 @@ const PUBLISH_ATTEMPTS: u32 = 4;
 /// Everything the bus needs to know. [`BusConfig::new`] has production defaults.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`, or several servers of a
+    /// cluster, comma-separated (the client fails over between them).
     pub url: String,
     /// The stream's name (default `TICKETING`).
     pub stream: String,
@@ -128,6 +130,11 @@ pub struct BusConfig {
     pub connection_name: String,
     /// How long the stream keeps a message (default 7 days).
     pub max_age: Duration,
+    /// On how many servers of a NATS cluster the stream keeps every message
+    /// (default 1; `NATS_STREAM_REPLICAS`, see [`BusConfig::from_env`]). A
+    /// stream that exists with another count is updated to this one, its
+    /// messages kept (NATS moves them), never recreated.
+    pub stream_replicas: usize,
     /// How long the stream remembers message ids for deduplication (default 2 min).
     pub duplicate_window: Duration,
     /// How long [`Bus::connect`] keeps trying a server that is not up yet (default 30 s).
@@ -156,6 +163,7 @@ impl BusConfig {
             subject_prefix: String::new(),
             connection_name: "ticketing".to_owned(),
             max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            stream_replicas: 1,
             duplicate_window: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(30),
             ack_wait: Duration::from_secs(10),
@@ -163,6 +171,24 @@ impl BusConfig {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
         }
+    }
+
+    /// Production defaults for the server at `NATS_URL` (required), with the
+    /// stream kept on `NATS_STREAM_REPLICAS` servers (optional, 1 to 5,
+    /// default 1; at most the servers of the cluster).
+    pub fn from_env(env: &Env) -> Result<BusConfig, ConfigError> {
+        let url = env.required("NATS_URL")?;
+        let replicas: usize = env.parse_or("NATS_STREAM_REPLICAS", 1)?;
+        if !(1..=5).contains(&replicas) {
+            return Err(ConfigError::Invalid {
+                name: "NATS_STREAM_REPLICAS",
+                reason: format!("{replicas} is not between 1 and 5 (JetStream's limit)"),
+            });
+        }
+        Ok(BusConfig {
+            stream_replicas: replicas,
+            ..BusConfig::new(url)
+        })
     }
 
     /// Isolates everything under `namespace` (e.g. a unique name per test): subjects
@@ -284,6 +310,7 @@ impl Bus {
             storage: StorageType::File,
             max_age: self.config.max_age,
             duplicate_window: self.config.duplicate_window,
+            num_replicas: self.config.stream_replicas,
             ..Default::default()
         };
         // Services start together: two may both find no stream and both create it.
@@ -491,7 +518,8 @@ async fn connect_with_retry(config: &BusConfig) -> anyhow::Result<Client> {
                     other => warn!(event = %other, "NATS connection event"),
                 }
             });
-        match options.connect(config.url.as_str()).await {
+        let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
+        match options.connect(servers).await {
             Ok(client) => return Ok(client),
             Err(err) if Instant::now() + delay < deadline => {
                 warn!(url = %config.url, error = %err, "NATS not reachable yet; retrying");

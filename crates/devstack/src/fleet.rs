@@ -18,6 +18,12 @@
 //! start with the tail of its log. Single services can be stopped, killed
 //! (`kill -9`, for fault tests) and started again on the same port, so the
 //! ingress's upstream table stays valid.
+//!
+//! With [`FleetOptions::replicas`] above 1 every service runs that many times,
+//! as it would in a Deployment: the first replica is named after the service
+//! (`orders`), the others `orders-2`, `orders-3`, …, each on its own port, all
+//! against the same database and stream; [`Fleet::replica_upstreams`] is what
+//! the ingress balances over.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -26,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::balance::Upstreams;
 use crate::infra::Endpoints;
 use crate::output::Output;
 use crate::paths;
@@ -141,12 +148,18 @@ pub enum PortPlan {
     Free,
     /// Fixed ports from `base` (`make dev`): the services of `infra/routes.json`
     /// in name order (auth = base, client = base + 1, …), other services after
-    /// them, so a port never moves when a service is added.
+    /// them, so a port never moves when a service is added. Replica `r` (from
+    /// 2) of a service is [`REPLICA_PORT_STRIDE`] × (r − 1) above its first.
     FromBase(u16),
 }
 
+/// How far apart the fixed ports of a service's replicas are.
+pub const REPLICA_PORT_STRIDE: u16 = 100;
+
 impl PortPlan {
-    fn port_for(self, name: &str, all: &[String]) -> anyhow::Result<u16> {
+    /// The fixed port of service `name` (its first replica) among `all`, or a
+    /// free one.
+    pub fn port_for(self, name: &str, all: &[String]) -> anyhow::Result<u16> {
         match self {
             Self::Free => probe::free_port(),
             Self::FromBase(base) => {
@@ -173,6 +186,26 @@ impl PortPlan {
             }
         }
     }
+}
+
+/// The services left out of a fleet that still have routes, with the port
+/// `plan` gives them: the ingress keeps sending their routes there, so that
+/// something else can serve them (e.g. another web client on `/`).
+pub fn stand_ins(
+    skipped: &[String],
+    all: &[String],
+    plan: PortPlan,
+) -> anyhow::Result<Vec<(String, u16)>> {
+    let table = routes::table();
+    skipped
+        .iter()
+        .filter(|name| {
+            table
+                .routed_services()
+                .any(|routed| routed == name.as_str())
+        })
+        .map(|name| Ok((name.clone(), plan.port_for(name, all)?)))
+        .collect()
 }
 
 /// How to start the fleet. [`FleetOptions::new`] fills in defaults for tests.
@@ -203,6 +236,8 @@ pub struct FleetOptions {
     pub ready_timeout: Duration,
     /// SIGTERM → SIGKILL grace period on stop (default 10 s).
     pub stop_grace: Duration,
+    /// How many replicas of every service run (default 1).
+    pub replicas: usize,
 }
 
 impl FleetOptions {
@@ -222,6 +257,7 @@ impl FleetOptions {
             output: Output::from_env(),
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
+            replicas: 1,
         })
     }
 
@@ -233,8 +269,19 @@ impl FleetOptions {
     }
 }
 
+/// The name of replica `replica` (from 1) of `service`: `orders`, `orders-2`, …
+pub fn replica_name(service: &str, replica: usize) -> String {
+    if replica <= 1 {
+        service.to_owned()
+    } else {
+        format!("{service}-{replica}")
+    }
+}
+
 #[derive(Debug)]
 struct Member {
+    /// The service this is a replica of.
+    service: String,
     spec: ProcessSpec,
     port: u16,
     process: Option<Process>,
@@ -281,21 +328,39 @@ impl Fleet {
             );
         }
 
+        anyhow::ensure!(
+            options.replicas >= 1,
+            "a fleet needs at least one replica of each service"
+        );
         let mut members = BTreeMap::new();
         for service in &options.services {
-            let port = options.ports.port_for(&service.name, &names)?;
-            if options.ports != PortPlan::Free {
-                ensure_port_free(port, &service.name)?;
+            let first = options.ports.port_for(&service.name, &names)?;
+            for replica in 1..=options.replicas {
+                let name = replica_name(&service.name, replica);
+                let port = match options.ports {
+                    PortPlan::Free if replica > 1 => probe::free_port()?,
+                    PortPlan::Free => first,
+                    PortPlan::FromBase(_) => {
+                        let port = u16::try_from(replica - 1)
+                            .ok()
+                            .and_then(|r| r.checked_mul(REPLICA_PORT_STRIDE))
+                            .and_then(|offset| first.checked_add(offset))
+                            .with_context(|| format!("no port left for {name}"))?;
+                        ensure_port_free(port, &name)?;
+                        port
+                    }
+                };
+                let spec = service_spec(&options, service, &name, port);
+                members.insert(
+                    name,
+                    Member {
+                        service: service.name.clone(),
+                        spec,
+                        port,
+                        process: None,
+                    },
+                );
             }
-            let spec = service_spec(&options, service, port);
-            members.insert(
-                service.name.clone(),
-                Member {
-                    spec,
-                    port,
-                    process: None,
-                },
-            );
         }
 
         let mut fleet = Self {
@@ -334,9 +399,40 @@ impl Fleet {
         Ok(())
     }
 
-    /// The names of the fleet's services.
+    /// The names of the fleet's replicas (with one replica each, its services).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.members.keys().map(String::as_str)
+    }
+
+    /// The replicas of `service`, first to last (`orders`, `orders-2`, …).
+    pub fn replicas(&self, service: &str) -> Vec<String> {
+        let mut names: Vec<(usize, String)> = self
+            .members
+            .iter()
+            .filter(|(_, member)| member.service == service)
+            .map(|(name, _)| {
+                let number = name
+                    .strip_prefix(service)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                (number, name.clone())
+            })
+            .collect();
+        names.sort();
+        names.into_iter().map(|(_, name)| name).collect()
+    }
+
+    /// Service → the addresses of all its replicas, for [`crate::ingress::serve`].
+    pub fn replica_upstreams(&self) -> Upstreams {
+        let mut upstreams: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        for member in self.members.values() {
+            upstreams
+                .entry(member.service.clone())
+                .or_default()
+                .push(local(member.port));
+        }
+        Upstreams(upstreams)
     }
 
     /// A service's port (kept across restarts).
@@ -349,7 +445,7 @@ impl Fleet {
         self.port(name).map(local)
     }
 
-    /// Service name → address, for [`crate::ingress::serve`].
+    /// Replica name → address (with one replica each: service → address).
     pub fn upstreams(&self) -> HashMap<String, SocketAddr> {
         self.members
             .iter()
@@ -452,7 +548,12 @@ async fn wait_service_ready(process: &Process, port: u16, timeout: Duration) -> 
     .await
 }
 
-fn service_spec(options: &FleetOptions, service: &ServiceInfo, port: u16) -> ProcessSpec {
+fn service_spec(
+    options: &FleetOptions,
+    service: &ServiceInfo,
+    name: &str,
+    port: u16,
+) -> ProcessSpec {
     let endpoints = &options.endpoints;
     let mongo_uri = format!(
         "{}/{}{}",
@@ -460,7 +561,7 @@ fn service_spec(options: &FleetOptions, service: &ServiceInfo, port: u16) -> Pro
         options.database_prefix,
         service.name
     );
-    let mut spec = ProcessSpec::new(&service.name, options.bin_dir.join(&service.binary))
+    let mut spec = ProcessSpec::new(name, options.bin_dir.join(&service.binary))
         .env("PORT", port.to_string())
         .env("MONGO_URI", mongo_uri)
         .env("NATS_URL", &endpoints.nats_url)
@@ -513,5 +614,24 @@ mod tests {
         assert_eq!(plan.port_for("client", &all).unwrap(), 3002);
         // After the six services of routes.json.
         assert_eq!(plan.port_for("zeta", &all).unwrap(), 3007);
+    }
+
+    #[test]
+    fn a_skipped_service_with_routes_keeps_its_port() {
+        let all: Vec<String> = ["auth", "client", "expiration", "orders"]
+            .map(String::from)
+            .into();
+        let skipped = vec!["client".to_owned(), "expiration".to_owned()];
+        // expiration has no routes: nothing to stand in for.
+        assert_eq!(
+            stand_ins(&skipped, &all, PortPlan::FromBase(3001)).unwrap(),
+            [("client".to_owned(), 3002)]
+        );
+    }
+
+    #[test]
+    fn replicas_are_named_after_their_service() {
+        assert_eq!(replica_name("orders", 1), "orders");
+        assert_eq!(replica_name("orders", 2), "orders-2");
     }
 }

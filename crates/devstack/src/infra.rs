@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::mongo;
+use crate::nats_cluster;
 use crate::output::Output;
 use crate::paths::{self, TempDir};
 use crate::probe::{self, local};
@@ -59,6 +60,11 @@ pub struct InfraOptions {
     /// The MongoDB-wire server to run (`None`: the first installed, see
     /// [`mongo::choose`]).
     pub mongo: Option<mongo::MongoServer>,
+    /// NATS nodes: 1 (default) is one server `nats`; more is a JetStream
+    /// cluster of servers `nats-1`, `nats-2`, … ([`crate::nats_cluster`]),
+    /// node `i` on the ports `nats_port`/`nats_monitor_port` + i − 1 when those
+    /// are fixed.
+    pub nats_nodes: usize,
 }
 
 impl Default for InfraOptions {
@@ -75,6 +81,7 @@ impl Default for InfraOptions {
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
             mongo: None,
+            nats_nodes: 1,
         }
     }
 }
@@ -88,6 +95,12 @@ impl InfraOptions {
     /// Also start the Stripe fake.
     pub fn with_stripe(mut self) -> Self {
         self.stripe = true;
+        self
+    }
+
+    /// NATS as a JetStream cluster of `nodes` servers.
+    pub fn with_nats_nodes(mut self, nodes: usize) -> Self {
+        self.nats_nodes = nodes;
         self
     }
 }
@@ -141,6 +154,8 @@ pub struct Infra {
     endpoints: Endpoints,
     mongo_flavor: &'static str,
     nats_monitor_port: u16,
+    /// The nodes of a NATS cluster (empty for a single server).
+    nats_cluster: Vec<nats_cluster::NodePorts>,
     data_dir: PathBuf,
     stop_grace: Duration,
     ready_timeout: Duration,
@@ -221,19 +236,38 @@ impl Infra {
             None
         };
 
-        let nats = nats_spec(&data_dir, nats_port, nats_monitor_port)?;
         let (mongo, mongo_flavor) = mongo_spec(&data_dir, mongo_port, options.mongo.clone())?;
         let redis = redis_spec(&data_dir, redis_port, persistent)?;
         let stripe = stripe_port.map(stripe_spec).transpose()?;
 
-        let mut servers = vec![
-            Server {
-                spec: nats,
+        let nats_cluster = cluster_ports(&options, nats_port, nats_monitor_port)?;
+        let nats_url = if nats_cluster.is_empty() {
+            format!("nats://127.0.0.1:{nats_port}")
+        } else {
+            nats_cluster::client_urls(&nats_cluster)
+        };
+        let mut servers = if nats_cluster.is_empty() {
+            vec![Server {
+                spec: nats_spec(&data_dir, nats_port, nats_monitor_port)?,
                 ready: ReadyCheck::Nats {
                     port: nats_port,
                     monitor_port: nats_monitor_port,
                 },
-            },
+            }]
+        } else {
+            nats_cluster::specs(&data_dir, &nats_cluster)?
+                .into_iter()
+                .zip(&nats_cluster)
+                .map(|(spec, ports)| Server {
+                    spec,
+                    ready: ReadyCheck::Nats {
+                        port: ports.client,
+                        monitor_port: ports.monitor,
+                    },
+                })
+                .collect()
+        };
+        servers.extend([
             Server {
                 spec: mongo,
                 ready: ReadyCheck::Mongo { port: mongo_port },
@@ -242,7 +276,7 @@ impl Infra {
                 spec: redis,
                 ready: ReadyCheck::Redis { port: redis_port },
             },
-        ];
+        ]);
         if let (Some(stripe), Some(port)) = (stripe, stripe_port) {
             servers.push(Server {
                 spec: stripe,
@@ -266,12 +300,13 @@ impl Infra {
         Ok(Self {
             endpoints: Endpoints {
                 mongo_uri: format!("mongodb://127.0.0.1:{mongo_port}"),
-                nats_url: format!("nats://127.0.0.1:{nats_port}"),
+                nats_url,
                 redis_url: format!("redis://127.0.0.1:{redis_port}"),
                 stripe_api_base: stripe_port.map(|port| format!("http://127.0.0.1:{port}")),
             },
             mongo_flavor,
             nats_monitor_port,
+            nats_cluster,
             data_dir,
             stop_grace: options.stop_grace,
             ready_timeout: options.ready_timeout,
@@ -310,6 +345,22 @@ impl Infra {
     /// `http://127.0.0.1:P` of NATS monitoring (`/healthz`, `/jsz`).
     pub fn nats_monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.nats_monitor_port)
+    }
+
+    /// The nodes of the NATS cluster: (server name as in stream info, process
+    /// name, `http://127.0.0.1:P` of its monitoring); empty for one server.
+    pub fn nats_nodes(&self) -> Vec<(String, String, String)> {
+        self.nats_cluster
+            .iter()
+            .enumerate()
+            .map(|(i, ports)| {
+                (
+                    nats_cluster::server_name(i + 1),
+                    nats_cluster::node_name(i + 1),
+                    format!("http://127.0.0.1:{}", ports.monitor),
+                )
+            })
+            .collect()
     }
 
     /// Which MongoDB-wire server runs: `mongod`, `SecantusDB native` or
@@ -358,6 +409,17 @@ impl Infra {
             .await
             .with_context(|| format!("failed to stop {name}"))?;
         Ok(())
+    }
+
+    /// `kill -9`s one server (a crash, for fault tests); bring it back with
+    /// [`Infra::start_server`].
+    pub async fn kill_server(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.index_of(name)?;
+        self.processes[index]
+            .kill()
+            .await
+            .map(drop)
+            .with_context(|| format!("failed to kill {name}"))
     }
 
     /// Starts a stopped (or crashed) server again, on its port and data dir,
@@ -411,6 +473,47 @@ fn pick_port(fixed: Option<u16>, what: &str) -> anyhow::Result<u16> {
         }
         None => probe::free_port(),
     }
+}
+
+/// The ports of the NATS cluster's nodes (none for a single server): node 1
+/// on the client and monitoring ports already picked, the others on the
+/// fixed ones + i − 1 or free ones; cluster ports are always free ones.
+fn cluster_ports(
+    options: &InfraOptions,
+    nats_port: u16,
+    nats_monitor_port: u16,
+) -> anyhow::Result<Vec<nats_cluster::NodePorts>> {
+    if options.nats_nodes <= 1 {
+        return Ok(Vec::new());
+    }
+    let next = |fixed: Option<u16>, first: u16, i: usize, what: &str| -> anyhow::Result<u16> {
+        if i == 0 {
+            return Ok(first);
+        }
+        let shifted = fixed
+            .map(|port| {
+                u16::try_from(i)
+                    .ok()
+                    .and_then(|i| port.checked_add(i))
+                    .with_context(|| format!("no port left for {what}"))
+            })
+            .transpose()?;
+        pick_port(shifted, what)
+    };
+    (0..options.nats_nodes)
+        .map(|i| {
+            Ok(nats_cluster::NodePorts {
+                client: next(options.nats_port, nats_port, i, "nats")?,
+                monitor: next(
+                    options.nats_monitor_port,
+                    nats_monitor_port,
+                    i,
+                    "nats monitoring",
+                )?,
+                cluster: probe::free_port()?,
+            })
+        })
+        .collect()
 }
 
 fn create_dir(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -18,6 +18,10 @@
 //! - A service with no upstream address answers 503, one that can't be reached
 //!   502, both with the fleet's error body
 //!   `{"errors":[{"message":"Service unavailable"}]}`.
+//! - A service with several replicas is balanced round-robin
+//!   ([`crate::balance`]); a replica that refuses the connection is skipped for
+//!   a moment, and a request without a body goes to the next replica at once
+//!   (one with a body was consumed by the attempt: it gets the 502).
 //!
 //!
 //! Slow or half-open clients cannot exhaust it ([`IngressOptions`]): a client
@@ -44,6 +48,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -57,6 +62,7 @@ use common::client::TrustedProxies;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use crate::balance::{self, Pool, Upstreams};
 use crate::ratelimit::{Limiter, RateLimit};
 use crate::routes::{self, RouteTable};
 
@@ -176,11 +182,12 @@ impl IngressOptions {
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves, routing to
-/// `upstreams` (service name → local address) by the fleet's routing table,
-/// with the default [`IngressOptions`] (no rate limit).
+/// `upstreams` (service name → local address, or the addresses of its
+/// replicas) by the fleet's routing table, with the default
+/// [`IngressOptions`] (no rate limit).
 pub async fn serve<F>(
     listener: TcpListener,
-    upstreams: HashMap<String, SocketAddr>,
+    upstreams: impl Into<Upstreams>,
     shutdown: F,
 ) -> anyhow::Result<()>
 where
@@ -192,7 +199,7 @@ where
 /// [`serve`] with these bounds and limits.
 pub async fn serve_with<F>(
     listener: TcpListener,
-    upstreams: HashMap<String, SocketAddr>,
+    upstreams: impl Into<Upstreams>,
     options: IngressOptions,
     shutdown: F,
 ) -> anyhow::Result<()>
@@ -200,7 +207,7 @@ where
     F: Future<Output = ()> + Send,
 {
     let connections = Arc::new(Semaphore::new(options.max_connections));
-    let proxy = Arc::new(Proxy::new(routes::table(), upstreams, &options));
+    let proxy = Arc::new(Proxy::new(routes::table(), upstreams.into(), &options));
     let local_port = listener.local_addr()?.port();
     let graceful = GracefulShutdown::new();
     let mut server = http1::Builder::new();
@@ -263,18 +270,14 @@ where
 /// Routing plus a pooled upstream client, and the edge's rate limit.
 struct Proxy {
     table: &'static RouteTable,
-    upstreams: HashMap<String, SocketAddr>,
-    client: Client<HttpConnector, Incoming>,
+    upstreams: HashMap<String, Pool>,
+    client: Client<HttpConnector, ProxyBody>,
     limiter: Option<Limiter>,
     trusted_proxies: TrustedProxies,
 }
 
 impl Proxy {
-    fn new(
-        table: &'static RouteTable,
-        upstreams: HashMap<String, SocketAddr>,
-        options: &IngressOptions,
-    ) -> Self {
+    fn new(table: &'static RouteTable, upstreams: Upstreams, options: &IngressOptions) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -284,7 +287,7 @@ impl Proxy {
             .build(connector);
         Self {
             table,
-            upstreams,
+            upstreams: balance::pools(upstreams),
             client,
             limiter: options.rate_limit.map(Limiter::new),
             trusted_proxies: options.trusted_proxies.clone(),
@@ -293,7 +296,7 @@ impl Proxy {
 
     async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         remote: SocketAddr,
         local_port: u16,
     ) -> Response<ProxyBody> {
@@ -307,16 +310,14 @@ impl Proxy {
             return rate_limited(wait);
         }
         let service = self.table.service_for(request.uri().path());
-        let Some(upstream) = self.upstreams.get(service) else {
+        let Some(pool) = self.upstreams.get(service).filter(|pool| pool.len() > 0) else {
             return unavailable(StatusCode::SERVICE_UNAVAILABLE);
         };
         let path_and_query = request
             .uri()
             .path_and_query()
-            .map_or("/", |path_and_query| path_and_query.as_str());
-        let Ok(uri) = format!("http://{upstream}{path_and_query}").parse::<Uri>() else {
-            return plain(StatusCode::BAD_REQUEST, "Bad request target");
-        };
+            .map_or("/", |path_and_query| path_and_query.as_str())
+            .to_owned();
 
         // The host the client asked for: the Host header, or the authority of an
         // absolute-form request target.
@@ -324,23 +325,47 @@ impl Proxy {
             let authority = request.uri().authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-        let headers = request.headers_mut();
-        remove_hop_by_hop(headers);
-        set_forwarded(headers, client, host, local_port);
+        // Without a body, a request refused by one replica can go to the next.
+        let replayable = request.body().is_end_stream();
+        let (parts, body) = request.into_parts();
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        set_forwarded(&mut headers, client, host, local_port);
+        let mut body = Some(body.boxed());
 
-        match self.client.request(request).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
-            }
-            Err(error) => {
-                tracing::warn!(service, %upstream, error = %error_chain(&error), "ingress: upstream unreachable");
-                unavailable(StatusCode::BAD_GATEWAY)
+        let mut tried = Vec::new();
+        while let Some((index, upstream)) = pool.pick(&tried) {
+            tried.push(index);
+            let Ok(uri) = format!("http://{upstream}{path_and_query}").parse::<Uri>() else {
+                return plain(StatusCode::BAD_REQUEST, "Bad request target");
+            };
+            let Some(attempt_body) = body.take().or_else(|| replayable.then(empty)) else {
+                break;
+            };
+            let mut attempt = Request::new(attempt_body);
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = uri;
+            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.headers_mut() = headers.clone();
+
+            match self.client.request(attempt).await {
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    remove_hop_by_hop(&mut parts.headers);
+                    return Response::from_parts(parts, body.boxed());
+                }
+                Err(error) if error.is_connect() => {
+                    // Not sent: the replica is down (killed, restarting).
+                    pool.mark_down(index);
+                    tracing::warn!(service, %upstream, error = %error_chain(&error), "ingress: upstream refused the connection");
+                }
+                Err(error) => {
+                    tracing::warn!(service, %upstream, error = %error_chain(&error), "ingress: upstream unreachable");
+                    return unavailable(StatusCode::BAD_GATEWAY);
+                }
             }
         }
+        unavailable(StatusCode::BAD_GATEWAY)
     }
 }
 
@@ -423,6 +448,12 @@ fn plain(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(full(message));
     *response.status_mut() = status;
     response
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn full(text: &'static str) -> ProxyBody {

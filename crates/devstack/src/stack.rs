@@ -13,6 +13,55 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{Fleet, FleetOptions, Infra, InfraOptions, ingress, ingress::IngressOptions};
 
+/// What [`Stack::start_with`] starts.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The services to start (all when empty).
+    pub only: Vec<String>,
+    /// Extra environment of every service (e.g. `EXPIRATION_WINDOW_SECONDS`).
+    pub env: Vec<(String, String)>,
+    /// Replicas of every service, balanced by the ingress (default 1).
+    pub replicas: usize,
+    /// NATS nodes: more than 1 is a JetStream cluster, and the services keep
+    /// the stream on every node (`NATS_STREAM_REPLICAS`) (default 1).
+    pub nats_nodes: usize,
+    /// The ingress's bounds and limits (e.g. an edge rate limit).
+    pub ingress: IngressOptions,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            only: Vec::new(),
+            env: Vec::new(),
+            replicas: 1,
+            nats_nodes: 1,
+            ingress: IngressOptions::default(),
+        }
+    }
+}
+
+impl StackOptions {
+    /// The services in `only` (all when empty) with the extra environment
+    /// `env`, one replica each, one NATS server, the default ingress.
+    pub fn new(only: &[&str], env: &[(&str, &str)]) -> Self {
+        Self {
+            only: only.iter().map(|name| (*name).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// With these ingress bounds and limits.
+    pub fn with_ingress(mut self, ingress: IngressOptions) -> Self {
+        self.ingress = ingress;
+        self
+    }
+}
+
 /// A running stack. Stop it with [`Stack::stop`]; dropping it kills
 /// everything.
 #[derive(Debug)]
@@ -29,42 +78,46 @@ impl Stack {
     /// with the extra environment `env` (e.g. `EXPIRATION_WINDOW_SECONDS`),
     /// and the ingress on a free port; returns when every service is ready.
     pub async fn start(only: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::start_with(only, env, IngressOptions::default()).await
+        Self::start_with(StackOptions::new(only, env)).await
     }
 
-    /// [`Stack::start`] with the ingress's bounds and limits (e.g. an edge
-    /// rate limit).
-    pub async fn start_with(
-        only: &[&str],
-        env: &[(&str, &str)],
-        ingress_options: IngressOptions,
-    ) -> anyhow::Result<Self> {
-        let infra = Infra::start(InfraOptions::ephemeral().with_stripe())
-            .await
-            .context("failed to start the infrastructure")?;
+    /// Starts a stack as `options` say; returns when every replica is ready.
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
+        let infra = Infra::start(
+            InfraOptions::ephemeral()
+                .with_stripe()
+                .with_nats_nodes(options.nats_nodes),
+        )
+        .await
+        .context("failed to start the infrastructure")?;
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("failed to bind the ingress")?;
         let base_url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
 
-        let mut options = FleetOptions::new(infra.endpoints().clone())?;
-        if !only.is_empty() {
-            options = options.only(only);
+        let mut fleet_options = FleetOptions::new(infra.endpoints().clone())?;
+        if !options.only.is_empty() {
+            let only: Vec<&str> = options.only.iter().map(String::as_str).collect();
+            fleet_options = fleet_options.only(&only);
         }
-        options.api_base_url = Some(base_url.clone());
-        options.env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        options.ready_timeout = Duration::from_secs(60);
+        fleet_options.api_base_url = Some(base_url.clone());
+        fleet_options.replicas = options.replicas;
+        if options.nats_nodes > 1 {
+            fleet_options.env.push((
+                "NATS_STREAM_REPLICAS".to_owned(),
+                options.nats_nodes.to_string(),
+            ));
+        }
+        fleet_options.env.extend(options.env);
+        fleet_options.ready_timeout = Duration::from_secs(60);
         // The web client is ready only once the API answers through the
         // ingress, so the ingress goes up before the fleet is waited for.
-        let fleet = Fleet::spawn(options)?;
+        let fleet = Fleet::spawn(fleet_options)?;
         let (stop_ingress, mut stopped) = watch::channel(false);
         let ingress = tokio::spawn(ingress::serve_with(
             listener,
-            fleet.upstreams(),
-            ingress_options,
+            fleet.replica_upstreams(),
+            options.ingress,
             async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             },

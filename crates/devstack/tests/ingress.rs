@@ -284,7 +284,7 @@ async fn stops_when_the_shutdown_future_resolves() {
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(devstack::ingress::serve(
         listener,
-        HashMap::new(),
+        HashMap::<String, SocketAddr>::new(),
         async move {
             let _ = stopped.await;
         },

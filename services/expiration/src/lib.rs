@@ -68,7 +68,7 @@ impl Settings {
         Ok(Self {
             port: env.port()?,
             redis_url: env.required("REDIS_URL")?,
-            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("expiration"),
+            bus: BusConfig::from_env(env)?.with_connection_name("expiration"),
             key_prefix: "expiration".to_owned(),
             development: env.development(),
             limits: common::overload::Limits::from_env(env)?,
@@ -169,6 +169,7 @@ mod tests {
             vec![
                 ("APP_ENV", false),
                 ("MAX_IN_FLIGHT_REQUESTS", false),
+                ("NATS_STREAM_REPLICAS", false),
                 ("NATS_URL", true),
                 ("PORT", false),
                 ("REDIS_URL", true),

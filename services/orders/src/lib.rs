@@ -69,7 +69,7 @@ impl Settings {
         Ok(Self {
             port: env.port()?,
             mongo_uri: env.required("MONGO_URI")?,
-            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("orders"),
+            bus: BusConfig::from_env(env)?.with_connection_name("orders"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
             limits: common::overload::Limits::from_env(env)?,
@@ -234,6 +234,7 @@ mod tests {
                 ("MAX_ACTIVE_ORDERS_PER_USER", false),
                 ("MAX_IN_FLIGHT_REQUESTS", false),
                 ("MONGO_URI", true),
+                ("NATS_STREAM_REPLICAS", false),
                 ("NATS_URL", true),
                 ("PORT", false),
                 ("REQUEST_TIMEOUT_SECONDS", false),

@@ -78,7 +78,7 @@ impl Settings {
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             stripe_key: Secret::new(env.required("STRIPE_KEY")?),
             stripe_api_base,
-            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("payments"),
+            bus: BusConfig::from_env(env)?.with_connection_name("payments"),
             development: env.development(),
             limits: common::overload::Limits::from_env(env)?,
             outbox_relay: true,

@@ -57,7 +57,7 @@ impl Settings {
         Ok(Self {
             port: env.port()?,
             mongo_uri: env.required("MONGO_URI")?,
-            bus: BusConfig::new(env.required("NATS_URL")?).with_connection_name("tickets"),
+            bus: BusConfig::from_env(env)?.with_connection_name("tickets"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
             limits: common::overload::Limits::from_env(env)?,
@@ -215,6 +215,7 @@ mod tests {
                 "PORT",
                 "MONGO_URI",
                 "NATS_URL",
+                "NATS_STREAM_REPLICAS",
                 "JWT_KEY",
                 "APP_ENV",
                 "MAX_IN_FLIGHT_REQUESTS",

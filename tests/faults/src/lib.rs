@@ -79,6 +79,15 @@ pub struct User {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    counts: Arc<Counts>,
+}
+
+/// Requests sent through a [`Client`] (and its clones), and how many of them
+/// failed: "unavailable" (5xx) or no answer at all.
+#[derive(Debug, Default)]
+struct Counts {
+    sent: AtomicUsize,
+    failed: AtomicUsize,
 }
 
 impl Client {
@@ -89,7 +98,17 @@ impl Client {
                 .build()
                 .expect("an HTTP client"),
             base: base.trim_end_matches('/').to_owned(),
+            counts: Arc::default(),
         }
+    }
+
+    /// (requests sent, of them failed: 5xx or no answer) so far, by this
+    /// client and its clones.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.counts.sent.load(Ordering::Relaxed),
+            self.counts.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// `Err` when no answer came back at all (timeout, reset).
@@ -109,19 +128,27 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
-        Ok(Reply {
-            status,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        })
+        self.counts.sent.fetch_add(1, Ordering::Relaxed);
+        let answer = async {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| format!("{method} {path}: {e}"))?;
+            let status = response.status().as_u16();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| format!("{method} {path}: {e}"))?;
+            Ok(Reply {
+                status,
+                body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            })
+        }
+        .await;
+        if !answer.as_ref().is_ok_and(|reply| !reply.unavailable()) {
+            self.counts.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
     }
 
     /// Like [`Client::send`], retrying while the answer is "unavailable" (or

@@ -39,7 +39,7 @@ impl Shop {
     /// Starts the fleet with the extra service environment `env` and these
     /// ingress bounds and limits.
     pub async fn open_with(env: &[(&str, &str)], ingress: IngressOptions) -> Self {
-        let stack = Stack::start_with(&[], env, ingress)
+        let stack = Stack::start_with(devstack::StackOptions::new(&[], env).with_ingress(ingress))
             .await
             .unwrap_or_else(|err| panic!("the fleet did not start: {err:#}"));
         let address = stack

@@ -39,7 +39,12 @@ const USAGE: &str = "\
 usage: dev <command>
 
 commands:
-  up [--only a,b] [--skip a,b]   run infrastructure, services and the ingress (make dev)
+  up [--only a,b] [--skip a,b] [--replicas N] [--nats-cluster N]
+                                 run infrastructure, services and the ingress (make dev);
+                                 N replicas of every service behind the ingress (balanced),
+                                 NATS as a JetStream cluster of N nodes (the stream on all);
+                                 a skipped service's routes still go to its port, so you can
+                                 run your own there (e.g. another client on / )
   infra -- <command> [args...]   run a command against ephemeral infrastructure (make test)
   fleet [--expiration-window S] [--only a,b] [--skip a,b] -- <command> [args...]
                                  run a command against the whole fleet on free ports behind
@@ -125,12 +130,16 @@ fn init_tracing() {
 struct UpArgs {
     only: Option<Vec<String>>,
     skip: Vec<String>,
+    replicas: usize,
+    nats_nodes: usize,
 }
 
 fn parse_up_args(args: &[String]) -> anyhow::Result<UpArgs> {
     let mut parsed = UpArgs {
         only: None,
         skip: Vec::new(),
+        replicas: 1,
+        nats_nodes: 1,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -146,10 +155,21 @@ fn parse_up_args(args: &[String]) -> anyhow::Result<UpArgs> {
         match arg.as_str() {
             "--only" => parsed.only = Some(list(args.next())?),
             "--skip" => parsed.skip.extend(list(args.next())?),
+            "--replicas" => parsed.replicas = count(arg, args.next(), 9)?,
+            "--nats-cluster" => parsed.nats_nodes = count(arg, args.next(), 5)?,
             other => bail!("unknown option {other:?} for `dev up`\n\n{USAGE}"),
         }
     }
     Ok(parsed)
+}
+
+/// `--replicas N` / `--nats-cluster N`: a number from 1 to `max`.
+fn count(option: &str, value: Option<&String>, max: usize) -> anyhow::Result<usize> {
+    let value = value.with_context(|| format!("{option} needs a number"))?;
+    match value.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => bail!("{option} {value:?}: expected a number from 1 to {max}"),
+    }
 }
 
 /// Everything `dev up` started, so that whatever got started is stopped, even
@@ -199,11 +219,12 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         services.retain(|service| only.contains(&service.name));
     }
     check_known(&args.skip, &services)?;
+    let all_names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     services.retain(|service| !args.skip.contains(&service.name));
 
     let width = services
         .iter()
-        .map(|service| service.name.len())
+        .map(|service| fleet::replica_name(&service.name, args.replicas).len())
         .chain(["ingress".len(), "stripe".len()])
         .max()
         .unwrap_or(10);
@@ -238,7 +259,12 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         ready_timeout: Duration::from_secs(60),
         stop_grace: Duration::from_secs(10),
         mongo: None,
+        nats_nodes: args.nats_nodes,
     };
+    let port_plan = PortPlan::FromBase(service_port_base);
+    // A skipped service that has routes keeps them: the ingress sends them to
+    // its port, where something else (another client, a debugger) may listen.
+    let stand_ins = fleet::stand_ins(&args.skip, &all_names, port_plan)?;
 
     // Bound first, so a taken port fails before anything is started. IPv6
     // loopback too where there is one, since `localhost` may resolve to ::1.
@@ -276,7 +302,17 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         }
         let options = FleetOptions {
             services: services.clone(),
-            ports: PortPlan::FromBase(service_port_base),
+            ports: port_plan,
+            replicas: args.replicas,
+            // The stream on every node of a cluster, as in production.
+            env: if args.nats_nodes > 1 {
+                vec![(
+                    "NATS_STREAM_REPLICAS".to_owned(),
+                    args.nats_nodes.to_string(),
+                )]
+            } else {
+                Vec::new()
+            },
             jwt_key: fleet::load_or_create_jwt_key(&paths::dev_dir().join("jwt_key"))?,
             stripe_key: stripe_key
                 .clone()
@@ -289,13 +325,20 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         let fleet = stack.fleet.insert(Fleet::spawn(options)?);
 
         let upstreams = fleet.upstreams();
+        let mut balanced = fleet.replica_upstreams();
+        for (name, port) in &stand_ins {
+            balanced.0.insert(
+                name.clone(),
+                vec![SocketAddr::from(([127, 0, 0, 1], *port))],
+            );
+        }
         for listener in std::iter::once(listener).chain(listener_v6) {
             let mut stop_rx = stop_ingress_rx.clone();
             stack
                 .ingress
                 .push(tokio::spawn(devstack::ingress::serve_with(
                     listener,
-                    upstreams.clone(),
+                    balanced.clone(),
                     ingress_options.clone(),
                     async move {
                         let _ = stop_rx.wait_for(|stop| *stop).await;
@@ -333,6 +376,7 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
             &out,
             infra,
             &upstreams,
+            &stand_ins,
             ingress_port,
             stripe_api_base.as_deref(),
             start_stripe_fake,
@@ -370,6 +414,7 @@ fn print_table(
     out: &Output,
     infra: &Infra,
     upstreams: &HashMap<String, SocketAddr>,
+    stand_ins: &[(String, u16)],
     ingress_port: u16,
     stripe_api_base: Option<&str>,
     stripe_fake: bool,
@@ -390,7 +435,12 @@ fn print_table(
     let mut names: Vec<&String> = upstreams.keys().collect();
     names.sort();
     for name in names {
-        let note = if table.routed_services().any(|routed| routed == name) {
+        // `orders-2` is a replica of orders.
+        let service = name
+            .rsplit_once('-')
+            .filter(|(_, number)| number.parse::<usize>().is_ok())
+            .map_or(name.as_str(), |(service, _)| service);
+        let note = if table.routed_services().any(|routed| routed == service) {
             "routed"
         } else {
             "no public routes"
@@ -401,11 +451,30 @@ fn print_table(
             note.into(),
         ));
     }
-    rows.push((
-        "nats".into(),
-        infra.nats_url().into(),
-        format!("JetStream; monitoring {}", infra.nats_monitor_url()),
-    ));
+    for (name, port) in stand_ins {
+        rows.push((
+            name.clone(),
+            format!("http://127.0.0.1:{port}"),
+            "skipped: its routes go here, run your own".into(),
+        ));
+    }
+    let nodes = infra.nats_nodes();
+    if nodes.is_empty() {
+        rows.push((
+            "nats".into(),
+            infra.nats_url().into(),
+            format!("JetStream; monitoring {}", infra.nats_monitor_url()),
+        ));
+    } else {
+        let urls: Vec<&str> = infra.nats_url().split(',').collect();
+        for ((server, name, monitor), url) in nodes.iter().zip(urls) {
+            rows.push((
+                name.clone(),
+                url.into(),
+                format!("JetStream cluster node {server}; monitoring {monitor}"),
+            ));
+        }
+    }
     rows.push((
         "mongo".into(),
         infra.mongo_uri().into(),
@@ -586,7 +655,10 @@ async fn fleet_command(args: &[String]) -> anyhow::Result<ExitCode> {
 
     let mut shutdown = shutdown_signal()?;
     let stack = tokio::select! {
-        stack = devstack::Stack::start_with(&names, &env, devstack::ingress::IngressOptions::from_env()?)
+        stack = devstack::Stack::start_with(
+            devstack::StackOptions::new(&names, &env)
+                .with_ingress(devstack::ingress::IngressOptions::from_env()?),
+        )
             => stack.context("the fleet did not start")?,
         () = shutdown.recv() => return Ok(ExitCode::from(130)),
     };
