@@ -114,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
             ("RUST_LOG", settings.service_log.as_str()),
             // A few buyers stand for thousands (up to 950 pending orders).
             ("MAX_ACTIVE_ORDERS_PER_USER", "100000"),
+            // The purchase race sends 1,000 orders at once: it measures who
+            // wins, not the in-flight bound's shedding.
+            ("MAX_IN_FLIGHT_REQUESTS", "4096"),
         ],
     )
     .await
