@@ -603,6 +603,43 @@ pub struct Verdict {
     pub problems: Vec<String>,
 }
 
+/// The end of a fault run: on problems, the last `tail` log lines of each
+/// of `services`; then the stack stopped; then the verdict asserted — no
+/// problem after `within`, and the stream both paid and cancelled orders.
+pub async fn stop_and_assert(
+    stack: Stack,
+    verdict: &Verdict,
+    within: Duration,
+    services: &[String],
+    tail: usize,
+) {
+    let problems = &verdict.problems;
+    if !problems.is_empty() {
+        for service in services {
+            eprintln!("---- {service} (last lines)");
+            for line in stack.fleet().log_tail(service, tail) {
+                eprintln!("{line}");
+            }
+        }
+    }
+    stack.stop().await.expect("the fleet stops cleanly");
+    assert!(
+        problems.is_empty(),
+        "{} problems after {within:?}:\n{}",
+        problems.len(),
+        problems
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        verdict.complete > 0 && verdict.cancelled > 0,
+        "the stream paid and cancelled orders"
+    );
+}
+
 /// Polls until the fleet agrees with the ledger everywhere or `within`
 /// passes; returns the verdict of the last round (empty `problems` = all
 /// good) and how long convergence took.

@@ -100,29 +100,9 @@ async fn nothing_is_lost_or_doubled_when_services_and_infrastructure_fail() {
         load_ended.as_secs_f64(),
         fault_tests::phase_summary(&ledger)
     );
-    let problems = verdict.problems;
-    if !problems.is_empty() {
-        for service in ["tickets", "orders", "payments", "expiration"] {
-            eprintln!("---- {service} (last lines)");
-            for line in stack.fleet().log_tail(service, 40) {
-                eprintln!("{line}");
-            }
-        }
-    }
-    stack.stop().await.expect("the fleet stops cleanly");
-    assert!(
-        problems.is_empty(),
-        "{} problems after {within:?}:\n{}",
-        problems.len(),
-        problems
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(
-        verdict.complete > 0 && verdict.cancelled > 0,
-        "the stream paid and cancelled orders"
-    );
+    let services: Vec<String> = ["tickets", "orders", "payments", "expiration"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    fault_tests::stop_and_assert(stack, &verdict, within, &services, 40).await;
 }

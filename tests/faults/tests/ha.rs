@@ -179,32 +179,8 @@ async fn the_fleet_keeps_serving_when_the_stream_leader_and_a_replica_of_every_s
         begun.elapsed().as_secs_f64(),
     );
     eprintln!("ha: by phase:\n{}", fault_tests::phase_summary(&ledger));
-    let problems = verdict.problems;
-    if !problems.is_empty() {
-        for name in stack.fleet().names().map(str::to_owned).collect::<Vec<_>>() {
-            eprintln!("---- {name} (last lines)");
-            for line in stack.fleet().log_tail(&name, 30) {
-                eprintln!("{line}");
-            }
-        }
-    }
-    stack.stop().await.expect("the fleet stops cleanly");
-
-    assert!(
-        problems.is_empty(),
-        "{} problems after {within:?}:\n{}",
-        problems.len(),
-        problems
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(
-        verdict.complete > 0 && verdict.cancelled > 0,
-        "the stream paid and cancelled orders"
-    );
+    let services: Vec<String> = stack.fleet().names().map(str::to_owned).collect();
+    fault_tests::stop_and_assert(stack, &verdict, within, &services, 30).await;
     assert!(sent > 0, "the load ran while the replicas were down");
     assert!(
         share <= MAX_FAILED_SHARE,
