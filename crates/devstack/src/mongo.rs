@@ -4,24 +4,21 @@
 //!
 //! 1. **mongod**: the program `$MONGOD` names, else a `mongod` on `PATH` — the
 //!    real server, when a developer has one.
-//! 2. **SecantusDB Python**: `secantusd-py` (PyPI `secantusdb`) in the
-//!    bootstrap venv.
-//!
-//! and, only when asked for with `TICKETING_MONGO_SERVER=native`,
-//! **SecantusDB native**: `secantusd-rs` (crate `secantus-mdb`), which
-//! `SECANTUS_NATIVE=1 scripts/bootstrap.sh` builds once into
-//! `~/.cache/ticketing` (shared by every clone and CI run, keyed by version)
-//! and links as `.dev/bin/secantusd-rs`. It is about six times faster than
-//! the Python server here, but version 0.5.3-beta.196 keeps a unique index's
-//! old key when an update changes or removes the indexed field (only a delete
-//! removes it): after an order is cancelled (`$unset: activeTicketId`) its
-//! ticket can never be ordered again, and the orders service's own tests
-//! fail. The fleet's one-order-per-ticket rule lives in exactly such an
-//! index, so the native server is not the default until that is fixed
-//! upstream ([`NATIVE_KNOWN_ISSUE`]).
+//! 2. **SecantusDB native**: `secantusd-rs` (crate `secantus-mdb`), which
+//!    `scripts/bootstrap.sh` builds once into `~/.cache/ticketing` (shared by
+//!    every clone and CI run, keyed by version) and links as
+//!    `.dev/bin/secantusd-rs`. About six times the Python server's write
+//!    rate here. The first build takes minutes and runs in the background.
+//! 3. **SecantusDB Python**: `secantusd-py` (PyPI `secantusdb`) in the
+//!    bootstrap venv, until the native server is built (or if it cannot be).
 //!
 //! `TICKETING_MONGO_SERVER=mongod|native|python` insists on one (and fails
 //! when it is not installed).
+//!
+//! (The native server, 0.5.3-beta.196, keeps a unique index's old key when
+//! an update changes or removes the indexed field; only a delete removes it.
+//! The fleet keeps no unique key on a field that changes: orders' holds are
+//! documents keyed by `_id`, inserted and deleted, never updated.)
 //!
 //! Both SecantusDB servers run with `--standalone`: by default they present a
 //! one-node replica set, which makes the driver send retryable writes and the
@@ -40,10 +37,6 @@ use crate::process::ProcessSpec;
 pub const MONGOD_VAR: &str = "MONGOD";
 /// The variable that insists on one server.
 pub const FORCE_VAR: &str = "TICKETING_MONGO_SERVER";
-
-/// Why the native server is only used when asked for (see the module docs).
-pub const NATIVE_KNOWN_ISSUE: &str = "secantusd-rs 0.5.3-beta.196 keeps a unique index's old key \
-     after an update changes or unsets the field, so a cancelled order's ticket stays reserved";
 
 /// The chosen server and its program.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +101,8 @@ pub struct Candidates {
     pub on_path: Option<PathBuf>,
     /// `.dev/bin/secantusd-rs`, if bootstrap built it.
     pub native: Option<PathBuf>,
+    /// The log of the native server's build, while one is under way.
+    pub native_building: Option<PathBuf>,
     /// `.dev/venv/bin/secantusd-py`, if bootstrap installed it.
     pub python: Option<PathBuf>,
     /// `$TICKETING_MONGO_SERVER`, if set.
@@ -123,15 +118,45 @@ impl Candidates {
             given: var(MONGOD_VAR).map(PathBuf::from),
             on_path: paths::which("mongod"),
             native: installed(paths::dev_dir().join("bin/secantusd-rs")),
+            native_building: native_build_log(&paths::dev_dir().join("bin/secantusd-rs")),
             python: installed(paths::venv_bin("secantusd-py")),
             forced: var(FORCE_VAR).map(|value| value.to_string_lossy().into_owned()),
         }
     }
 }
 
+/// While bootstrap builds the native server that `link` (`.dev/bin/
+/// secantusd-rs`, linked before the build ends) points at: the build's log.
+/// Bootstrap writes the builder's pid to `<root>/building` and the log to
+/// `<root>/build.log`, beside `<root>/bin/secantusd-rs`.
+fn native_build_log(link: &Path) -> Option<PathBuf> {
+    let root = std::fs::read_link(link)
+        .ok()?
+        .parent()?
+        .parent()?
+        .to_owned();
+    let pid = std::fs::read_to_string(root.join("building")).ok()?;
+    Path::new("/proc")
+        .join(pid.trim())
+        .exists()
+        .then(|| root.join("build.log"))
+}
+
+/// What the launcher says beside the server it chose, if anything: that the
+/// native server is still being built.
+pub fn note(candidates: &Candidates, chosen: &MongoServer) -> Option<String> {
+    match (chosen, &candidates.native_building) {
+        (MongoServer::Python(_), Some(log)) => Some(format!(
+            "SecantusDB native is being built in the background (log: {}); \
+             SecantusDB Python runs until it is ready",
+            log.display()
+        )),
+        _ => None,
+    }
+}
+
 /// The server to run: `$TICKETING_MONGO_SERVER`'s if set, else the first of
-/// mongod (given, then on `PATH`) and SecantusDB Python. The native server
-/// only when asked for (see the module docs).
+/// mongod (given, then on `PATH`), SecantusDB native and SecantusDB Python.
 pub fn choose(candidates: &Candidates) -> anyhow::Result<MongoServer> {
     let mongod = || {
         candidates
@@ -148,7 +173,7 @@ pub fn choose(candidates: &Candidates) -> anyhow::Result<MongoServer> {
         bail!("{MONGOD_VAR}={} is not an executable file", given.display());
     }
     let chosen = match candidates.forced.as_deref() {
-        None => mongod().or_else(python),
+        None => mongod().or_else(native).or_else(python),
         Some("mongod") => mongod(),
         Some("native") => native(),
         Some("python") => python(),
@@ -163,7 +188,8 @@ pub fn choose(candidates: &Candidates) -> anyhow::Result<MongoServer> {
              (or `make dev` / `make test`) first"
         ),
         (None, None) => bail!(
-            "no MongoDB-wire server found (mongod or .dev/venv/bin/secantusd-py): \
+            "no MongoDB-wire server found (mongod, .dev/bin/secantusd-rs or \
+             .dev/venv/bin/secantusd-py): \
              run `scripts/bootstrap.sh` (or `make dev` / `make test`) first"
         ),
     }
@@ -196,13 +222,14 @@ mod tests {
                 on_path: Some(self.make("mongod")),
                 native: Some(self.make("secantusd-rs")),
                 python: Some(self.make("secantusd-py")),
+                native_building: None,
                 forced: None,
             }
         }
     }
 
     #[test]
-    fn a_real_mongod_wins_then_the_python_server_and_the_native_one_only_when_asked() {
+    fn a_real_mongod_wins_then_the_native_server_then_the_python_one() {
         let programs = Programs::new();
         let all = programs.all();
         assert_eq!(
@@ -224,33 +251,47 @@ mod tests {
             on_path: None,
             ..all.clone()
         };
-        let python = choose(&no_mongod).unwrap();
-        assert_eq!(python, MongoServer::Python(programs.make("secantusd-py")));
-        assert_eq!(python.flavor(), "SecantusDB Python");
-        assert!(
-            NATIVE_KNOWN_ISSUE.contains("unique index"),
-            "the native server, although installed, waits for its index fix"
-        );
-
-        let asked = Candidates {
-            forced: Some("native".into()),
-            ..no_mongod.clone()
-        };
-        let native = choose(&asked).unwrap();
+        let native = choose(&no_mongod).unwrap();
         assert_eq!(native, MongoServer::Native(programs.make("secantusd-rs")));
         assert_eq!(native.flavor(), "SecantusDB native");
+        assert_eq!(note(&no_mongod, &native), None);
 
-        let only_native = Candidates {
-            python: None,
-            ..no_mongod
+        // Not built yet (or it could not be): the Python server, and the
+        // launcher says why when a build is under way.
+        let building = Candidates {
+            native: None,
+            native_building: Some("/cache/build.log".into()),
+            ..no_mongod.clone()
         };
-        assert!(
-            choose(&only_native).is_err(),
-            "never the native server unasked, even alone"
-        );
+        let python = choose(&building).unwrap();
+        assert_eq!(python, MongoServer::Python(programs.make("secantusd-py")));
+        assert_eq!(python.flavor(), "SecantusDB Python");
+        let said = note(&building, &python).expect("a note while it builds");
+        assert!(said.contains("/cache/build.log"), "{said}");
+
         let nothing = Candidates::default();
         let err = choose(&nothing).unwrap_err().to_string();
         assert!(err.contains("bootstrap"), "{err}");
+    }
+
+    #[test]
+    fn a_native_build_under_way_is_seen_through_the_link_bootstrap_made() {
+        use std::os::unix::fs::symlink;
+        let dir = paths::TempDir::new("devstack-native-build").unwrap();
+        let root = dir.path().join("secantus-mdb/1.0");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        let link = dir.path().join("secantusd-rs");
+        symlink(root.join("bin/secantusd-rs"), &link).unwrap();
+        assert_eq!(native_build_log(&link), None, "no build under way");
+        // A builder that is alive (this process), then one that is gone.
+        std::fs::write(root.join("building"), std::process::id().to_string()).unwrap();
+        assert_eq!(native_build_log(&link), Some(root.join("build.log")));
+        std::fs::write(root.join("building"), "999999999").unwrap();
+        assert_eq!(
+            native_build_log(&link),
+            None,
+            "a dead builder builds nothing"
+        );
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn a_fixed_port_that_is_taken_fails_clearly() {
 }
 
 /// What bootstrap installed: SecantusDB's Python server, and its native one
-/// where `SECANTUS_NATIVE=1` built it.
+/// once bootstrap has built it.
 fn secantus_servers() -> Vec<devstack::mongo::MongoServer> {
     use devstack::mongo::{Candidates, MongoServer};
     let installed = Candidates::detect();

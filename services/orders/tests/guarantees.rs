@@ -10,7 +10,7 @@ use chrono::Utc;
 use common::events::{OrderCancelled, OrderCreated, OrderStatus};
 use common::money::Money;
 use mongodb::bson::{doc, oid::ObjectId};
-use orders::store::{Cancellation, CreateError, Order};
+use orders::store::{Cancellation, CreateError, Order, holds};
 use support::{oid, settings, spawn_orders, spawn_with};
 
 #[tokio::test]
@@ -161,8 +161,8 @@ async fn a_paid_order_frees_its_buyers_slot_and_keeps_its_ticket() {
 
 #[tokio::test]
 async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
-    // The store against the server directly: the unique sparse index, not
-    // any check in the code, is what says no.
+    // The store against the server directly: the `_id` index of the holds,
+    // not any check in the code, is what says no.
     let orders = spawn_orders().await;
     let store = orders.orders();
     let ticket = ObjectId::new();
@@ -177,8 +177,8 @@ async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
         Err(CreateError::TicketReserved)
     ));
 
-    // Cancelled orders leave the index: any number of them can sit next to
-    // the one active order.
+    // Cancelled orders give their hold back: any number of them can sit
+    // next to the one active order.
     let mut current = first;
     for n in 0..3 {
         assert!(
@@ -209,6 +209,117 @@ async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
         .create(&Order::new("u2", ObjectId::new(), expires), price, 4)
         .await
         .unwrap();
+}
+
+/// A hold as a crash leaves it: claimed at `age` ago by `order_id`.
+async fn leave_hold(orders: &support::TestOrders, key: &str, order_id: ObjectId, age: Duration) {
+    let at = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() - age.as_millis() as i64,
+    );
+    orders
+        .db
+        .collection::<mongodb::bson::Document>(holds::COLLECTION)
+        .insert_one(doc! { "_id": key, "orderId": order_id, "at": at })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_hold_whose_order_was_cancelled_or_never_written_is_given_back_and_no_sooner() {
+    // What a crash between two writes leaves: the order cancelled but its
+    // hold still there, or the hold claimed but the order never inserted.
+    let orders = spawn_orders().await;
+    let store = orders.orders();
+    let expires = Utc::now() + Duration::from_secs(60);
+    let price = Money::from_cents(100);
+
+    // A cancelled order whose hold survived: the next buyer gets the ticket.
+    let cancelled = Order::new("u1", ObjectId::new(), expires);
+    store.create(&cancelled, price, 4).await.unwrap();
+    let ticket = cancelled.ticket_id;
+    store.cancel(cancelled.clone()).await.unwrap();
+    leave_hold(
+        &orders,
+        &holds::ticket_key(ticket),
+        cancelled.id,
+        Duration::ZERO,
+    )
+    .await;
+    store
+        .create(&Order::new("u2", ticket, expires), price, 4)
+        .await
+        .expect("a cancelled order's hold is given back");
+
+    // A hold whose order is still being written (younger than the grace)
+    // stands: that order may land any moment.
+    let ticket = ObjectId::new();
+    let in_flight = ObjectId::new();
+    leave_hold(
+        &orders,
+        &holds::ticket_key(ticket),
+        in_flight,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(matches!(
+        store
+            .create(&Order::new("u3", ticket, expires), price, 4)
+            .await,
+        Err(CreateError::TicketReserved)
+    ));
+
+    // Older than the grace: its order is given up for good (a tombstone
+    // takes its id, so a late insert of it fails) and the ticket is free.
+    let ticket = ObjectId::new();
+    let lost = ObjectId::new();
+    leave_hold(
+        &orders,
+        &holds::ticket_key(ticket),
+        lost,
+        holds::CREATION_GRACE + Duration::from_secs(1),
+    )
+    .await;
+    store
+        .create(&Order::new("u4", ticket, expires), price, 4)
+        .await
+        .expect("an abandoned hold is given back");
+    let late = orders
+        .db
+        .collection::<mongodb::bson::Document>("orders")
+        .insert_one(doc! { "_id": lost, "ticketId": ticket, "status": "created" })
+        .await;
+    assert!(
+        late.is_err_and(|e| common::mongo::is_duplicate_key(&e)),
+        "the given-up order can never be written"
+    );
+    assert!(
+        store.find(lost).await.unwrap().is_none(),
+        "a tombstone is no order"
+    );
+
+    // The same for a buyer's slot: a stale one does not count against them.
+    let buyer = "u5";
+    for n in 0..2 {
+        leave_hold(
+            &orders,
+            &holds::slot_key(buyer, n),
+            ObjectId::new(),
+            holds::CREATION_GRACE * 2,
+        )
+        .await;
+    }
+    for _ in 0..2 {
+        store
+            .create(&Order::new(buyer, ObjectId::new(), expires), price, 2)
+            .await
+            .expect("stale slots are given back");
+    }
+    assert!(matches!(
+        store
+            .create(&Order::new(buyer, ObjectId::new(), expires), price, 2)
+            .await,
+        Err(CreateError::TooManyActive)
+    ));
 }
 
 #[tokio::test]

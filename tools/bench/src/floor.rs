@@ -363,21 +363,23 @@ impl MongoFloors {
         self.client.database("orders").collection("tickets")
     }
 
-    /// `POST /api/orders`: reads the ticket from the replica, then inserts
-    /// the order with its event in its outbox.
+    /// `POST /api/orders`: reads the ticket from the replica and the buyer's
+    /// slots, claims a slot and the ticket (one hold document each), then
+    /// inserts the order with its event in its outbox (see orders'
+    /// `store::holds`).
     pub fn create_order(&self) -> Op {
         let replica = self
             .client
             .database("orders")
             .collection::<Document>("tickets");
-        let orders = self
-            .client
-            .database("bench_floor")
-            .collection::<Document>("orders");
+        let floor = self.client.database("bench_floor");
+        let orders = floor.collection::<Document>("orders");
+        let holds = floor.collection::<Document>("holds");
         let ids = Arc::clone(&self.ticket_ids);
         Arc::new(move |n| {
             let replica = replica.clone();
             let orders = orders.clone();
+            let holds = holds.clone();
             let ticket_id = ids[n as usize % ids.len()];
             Box::pin(async move {
                 replica
@@ -385,11 +387,27 @@ impl MongoFloors {
                     .await?
                     .context("no such ticket in the replica")?;
                 let id = ObjectId::new();
+                let user = ObjectId::new().to_hex();
+                let taken: Vec<Document> = holds
+                    .find(doc! {"_id": {"$gte": format!("slot:{user}:"), "$lt": format!("slot:{user};")}})
+                    .await?
+                    .try_collect()
+                    .await?;
+                anyhow::ensure!(taken.is_empty(), "a fresh buyer holds no slot");
+                let now = mongodb::bson::DateTime::now();
+                holds
+                    .insert_one(doc! {"_id": format!("slot:{user}:0"), "orderId": id, "at": now})
+                    .await?;
+                // A ticket of the floor's own: the floor measures the work
+                // of an order that succeeds, every time.
+                holds
+                    .insert_one(doc! {"_id": format!("ticket:{id}"), "orderId": id, "at": now})
+                    .await?;
                 orders
                     .insert_one(doc! {
-                        "_id": id, "userId": "0123456789abcdef01234567", "status": "created",
-                        "expiresAt": mongodb::bson::DateTime::now(), "version": 0_i64,
-                        "ticketId": ticket_id, "activeTicketId": id,
+                        "_id": id, "userId": &user, "status": "created",
+                        "expiresAt": now, "version": 0_i64,
+                        "ticketId": ticket_id, "slot": format!("slot:{user}:0"),
                         "outbox": [{"id": format!("order.created:{id}:0"), "subject": "order.created", "schemaVersion": 1, "payload": "{}"}],
                     })
                     .await?;

@@ -102,11 +102,17 @@ async fn main() -> ExitCode {
 /// `dev where`: which checkout this run uses (the one it is run in, never
 /// the one it was compiled in) and which MongoDB-wire server it would start.
 fn where_command() -> anyhow::Result<()> {
-    let mongo = devstack::mongo::choose(&devstack::mongo::Candidates::detect());
+    let candidates = devstack::mongo::Candidates::detect();
+    let mongo = devstack::mongo::choose(&candidates);
     println!("root  {}", paths::workspace_root().display());
     println!("dev   {}", paths::dev_dir().display());
     match mongo {
-        Ok(server) => println!("mongo {} ({})", server.flavor(), server.program().display()),
+        Ok(server) => {
+            println!("mongo {} ({})", server.flavor(), server.program().display());
+            if let Some(note) = devstack::mongo::note(&candidates, &server) {
+                println!("      {note}");
+            }
+        }
         Err(err) => println!("mongo none: {err:#}"),
     }
     Ok(())

@@ -2,11 +2,14 @@
 //!
 //! - [`tickets`]: the local replica of the tickets service's tickets, kept
 //!   from `ticket.created` / `ticket.updated` (DESIGN §4 version rule).
-//! - [`orders`]: the orders themselves, with the unique index that lets
-//!   exactly one order hold a ticket, and the compare-and-set transitions
+//! - [`orders`]: the orders themselves, and the compare-and-set transitions
 //!   (cancel, complete) that write their events into the same document's
 //!   outbox.
+//! - [`holds`]: what an order holds while it holds it (its ticket, one of its
+//!   buyer's slots), one document per thing held, so that the `_id` index
+//!   lets exactly one order hold a ticket.
 
+pub mod holds;
 pub mod orders;
 pub mod tickets;
 

@@ -1,32 +1,24 @@
 //! The `orders` collection.
 //!
 //! ```text
-//! {_id, userId, status, expiresAt (date), version, ticketId, activeTicketId?, activeSlot?, outbox: [...]}
+//! {_id, userId, status, expiresAt (date), version, ticketId, slot?, outbox: [...]}
 //! ```
 //!
-//! # One order per ticket
+//! # One order per ticket, at most N active orders per user
 //!
-//! `activeTicketId` is a copy of `ticketId` that exists only while the order
-//! holds its ticket (`created`, `awaiting:payment`, `complete`); cancelling
-//! `$unset`s it. A unique *sparse* index on it lets the database itself refuse
-//! a second order for a held ticket: when many buyers race, every insert is
-//! tried and exactly one succeeds — there is no check-then-insert window like
-//! the original's. Documents without the field (cancelled orders) are not in
-//! the index, so a released ticket can be ordered again, any number of times.
-//!
-//! # At most N active orders per user
-//!
-//! The same device bounds how many orders a user holds in `created` or
-//! `awaiting:payment` (`MAX_ACTIVE_ORDERS_PER_USER`): an active order holds
-//! one of its buyer's N slots, `activeSlot: "<userId>:<n>"` for an `n` below
-//! N, under a unique sparse index. A new order reads which slots are taken
-//! and tries to insert itself into each free one in turn; a duplicate key on
-//! the slot means another order took it meanwhile, and the next slot is
-//! tried. When every slot is taken, the order is refused. However many orders
-//! one user sends at once, the index lets at most N of them in. Cancelling
-//! and completing `$unset` the slot in the same write as the status, so a
-//! slot is never leaked by a crash between two writes. (Orders written
-//! before the slots existed hold none and are not counted.)
+//! Both are holds in [`super::holds`]: a document whose `_id` is the ticket
+//! (`ticket:<id>`) or one of the buyer's N slots (`slot:<userId>:<n>`, N =
+//! `MAX_ACTIVE_ORDERS_PER_USER`). A new order claims a slot, then the
+//! ticket, and only then is inserted; when many buyers race for a ticket,
+//! every claim is tried and the `_id` index lets exactly one in — there is no
+//! check-then-insert window like the original's. However many orders one
+//! user sends at once, at most N of them get a slot. Cancelling gives both
+//! back and completing gives the slot back, each right after the order's own
+//! write; a crash in between leaves a hold its order no longer has, which
+//! the next order that wants it gives back (see [`super::holds`]), so
+//! nothing leaks and nothing is held twice. The order records its slot
+//! (`slot`) so that it knows what to give back. (Orders written before the
+//! holds existed hold nothing and are not counted.)
 //!
 //! # Transitions and their events
 //!
@@ -47,6 +39,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::holds::{self, Holds};
 use common::{
     events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef},
     money::Money,
@@ -56,21 +49,14 @@ use common::{
 /// The collection's name (the outbox relay reads it too).
 pub const COLLECTION: &str = "orders";
 
-/// The field that marks an order as holding its ticket.
-const ACTIVE_TICKET: &str = "activeTicketId";
-
-/// The field that marks an order as holding one of its buyer's slots.
-const ACTIVE_SLOT: &str = "activeSlot";
+/// The indexes of the design before [`super::holds`] (a unique sparse
+/// index on a field of the order); dropped when found.
+const RETIRED_INDEXES: [&str; 2] = ["one_active_order_per_ticket", "active_orders_per_user"];
 
 /// How many times a transition re-reads after losing a compare-and-set before
 /// it gives up. Each loss means someone else changed the order, and an order
 /// only changes a few times in its life, so this is never reached in practice.
 const CAS_ATTEMPTS: usize = 8;
-
-/// The `n`-th active-order slot of `user_id`.
-fn slot_key(user_id: &str, n: u32) -> String {
-    format!("{user_id}:{n}")
-}
 
 /// A stored order (without its outbox and marker, which only the store uses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +72,9 @@ pub struct Order {
     /// 0 when created, +1 on every change.
     pub version: i64,
     pub ticket_id: ObjectId,
+    /// The buyer's slot the order holds, or held (see [`super::holds`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 impl Order {
@@ -99,6 +88,7 @@ impl Order {
             expires_at: bson::DateTime::from_millis(expires_at.timestamp_millis()),
             version: 0,
             ticket_id,
+            slot: None,
         }
     }
 
@@ -107,16 +97,18 @@ impl Order {
         DateTime::from_timestamp_millis(self.expires_at.timestamp_millis()).unwrap_or_default()
     }
 
-    /// Whether the order holds its ticket (and so carries the marker).
-    fn holds_ticket(&self) -> bool {
-        self.status != OrderStatus::Cancelled
+    /// The holds it has in `status` (see [`super::holds`]).
+    fn holds(&self) -> Vec<String> {
+        std::iter::once(holds::ticket_key(self.ticket_id))
+            .chain(self.slot.clone())
+            .collect()
     }
 }
 
 /// Why an order could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// Another order holds the ticket (the unique index said no).
+    /// Another order holds the ticket.
     #[error("the ticket is already reserved")]
     TicketReserved,
     /// The buyer holds as many active orders as allowed.
@@ -124,6 +116,12 @@ pub enum CreateError {
     TooManyActive,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// Whether dropping an index failed only because it is not there.
+fn is_missing_index(err: &mongodb::error::Error) -> bool {
+    // 26 NamespaceNotFound (no collection yet), 27 IndexNotFound.
+    matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(e) if e.code == 26 || e.code == 27)
 }
 
 /// What [`Orders::cancel`] did.
@@ -156,6 +154,7 @@ pub enum Completion {
 #[derive(Clone)]
 pub struct Orders {
     orders: Collection<Order>,
+    holds: Holds,
     outbox: Outbox,
 }
 
@@ -164,6 +163,7 @@ impl Orders {
     pub fn new(db: &Database, outbox: Outbox) -> Self {
         Self {
             orders: db.collection(COLLECTION),
+            holds: Holds::new(db, COLLECTION),
             outbox,
         }
     }
@@ -173,29 +173,16 @@ impl Orders {
         db.collection(COLLECTION)
     }
 
-    /// The index that allows one active order per ticket, and the one behind
-    /// "my orders, newest first". Idempotent.
+    /// The index behind "my orders, newest first" (the holds need none
+    /// but `_id`'s). Drops the indexes of the earlier design. Idempotent.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let one_per_ticket = IndexModel::builder()
-            .keys(doc! { ACTIVE_TICKET: 1 })
-            .options(
-                IndexOptions::builder()
-                    .unique(true)
-                    .sparse(true)
-                    .name("one_active_order_per_ticket".to_owned())
-                    .build(),
-            )
-            .build();
-        let one_per_slot = IndexModel::builder()
-            .keys(doc! { ACTIVE_SLOT: 1 })
-            .options(
-                IndexOptions::builder()
-                    .unique(true)
-                    .sparse(true)
-                    .name("active_orders_per_user".to_owned())
-                    .build(),
-            )
-            .build();
+        for retired in RETIRED_INDEXES {
+            match self.orders.drop_index(retired).await {
+                Ok(()) => tracing::info!(index = retired, "dropped a retired index"),
+                Err(e) if is_missing_index(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let by_user = IndexModel::builder()
             .keys(doc! { "userId": 1, "_id": -1 })
             .options(
@@ -204,14 +191,15 @@ impl Orders {
                     .build(),
             )
             .build();
-        self.orders
-            .create_indexes([one_per_ticket, one_per_slot, by_user])
-            .await?;
+        self.orders.create_index(by_user).await?;
         Ok(())
     }
 
     pub async fn find(&self, id: ObjectId) -> mongodb::error::Result<Option<Order>> {
-        self.orders.find_one(doc! { "_id": id }).await
+        // A tombstone (see [`super::holds`]) has no status and is no order.
+        self.orders
+            .find_one(doc! { "_id": id, "status": { "$exists": true } })
+            .await
     }
 
     /// The user's orders, newest first.
@@ -224,15 +212,36 @@ impl Orders {
             .await
     }
 
-    /// Inserts a new order with `order.created` in its outbox, in one write,
-    /// in one of its buyer's `max_active` slots (see the module docs).
-    /// `price` is the ticket's price as the order saw it.
+    /// Claims a slot of the buyer's `max_active` and the ticket, then
+    /// inserts the order with `order.created` in its outbox, in one write
+    /// (see the module docs). `price` is the ticket's price as the order
+    /// saw it.
     pub async fn create(
         &self,
         order: &Order,
         price: Money,
         max_active: u32,
     ) -> Result<(), CreateError> {
+        let ticket = holds::ticket_key(order.ticket_id);
+        let Some(slot) = self.claim_slot(order, max_active).await? else {
+            if self.holds.is_held(&ticket).await? {
+                return Err(CreateError::TicketReserved);
+            }
+            return Err(CreateError::TooManyActive);
+        };
+        let claimed = [slot.clone(), ticket.clone()];
+        match self.holds.claim(&ticket, order.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.give_back(&claimed[..1], order.id).await;
+                return Err(CreateError::TicketReserved);
+            }
+            Err(e) => {
+                // Not inserted: what it holds is safe to give back.
+                self.give_back(&claimed, order.id).await;
+                return Err(e.into());
+            }
+        }
         let event = OrderCreated {
             id: order.id.to_hex(),
             version: order.version,
@@ -244,71 +253,72 @@ impl Orders {
                 price,
             },
         };
-        let mut document = bson::to_document(order).context("failed to encode an order")?;
-        if order.holds_ticket() {
-            document.insert(ACTIVE_TICKET, order.ticket_id);
-        }
+        let stored = Order {
+            slot: Some(slot),
+            ..order.clone()
+        };
+        let mut document = bson::to_document(&stored).context("failed to encode an order")?;
         document.insert(outbox::FIELD, vec![OutboxEvent::of(&event)?.to_bson()?]);
-        let taken = self.taken_slots(&order.user_id).await?;
-        let documents = self.orders.clone_with_type::<Document>();
-        for slot in (0..max_active)
-            .map(|n| slot_key(&order.user_id, n))
-            .filter(|slot| !taken.contains(slot))
-        {
-            document.insert(ACTIVE_SLOT, &slot);
-            match documents.insert_one(&document).await {
-                Ok(_) => {
-                    self.outbox.wake(order.id);
-                    return Ok(());
-                }
-                Err(e) if common::mongo::is_duplicate_key(&e) => {
-                    // The ticket's index or the slot's: if the ticket is
-                    // held, no slot will help.
-                    if self.ticket_held(order.ticket_id).await? {
-                        return Err(CreateError::TicketReserved);
+        let inserted = self
+            .orders
+            .clone_with_type::<Document>()
+            .insert_one(&document)
+            .await;
+        match inserted {
+            Ok(_) => {}
+            // Only `_id` is unique: the holds took so long that the order
+            // was given up (tombstoned) in the meantime.
+            Err(e) if common::mongo::is_duplicate_key(&e) => {
+                self.give_back(&claimed, order.id).await;
+                return Err(anyhow::anyhow!(
+                    "order {} took over {:?} to be written and was given up",
+                    order.id,
+                    holds::CREATION_GRACE
+                )
+                .into());
+            }
+            Err(e) => {
+                // The write may still have landed (a lost reply): tombstone
+                // the id to know. Once it can never land, give the holds back.
+                match self.holds.abandon(order.id).await {
+                    Ok(true) => self.give_back(&claimed, order.id).await,
+                    Ok(false) => {
+                        self.outbox.wake(order.id);
+                        return Ok(());
                     }
+                    Err(_) => {} // given back later, see the holds' docs
                 }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context("failed to insert an order")
-                        .into());
-                }
+                return Err(anyhow::Error::new(e)
+                    .context("failed to insert an order")
+                    .into());
             }
         }
-        if self.ticket_held(order.ticket_id).await? {
-            return Err(CreateError::TicketReserved);
+        self.outbox.wake(order.id);
+        Ok(())
+    }
+
+    /// Claims one of the buyer's `max_active` slots for `order`, free ones
+    /// first; `None` when every one is held.
+    async fn claim_slot(&self, order: &Order, max_active: u32) -> anyhow::Result<Option<String>> {
+        let taken = self.holds.slots_of(&order.user_id).await?;
+        let (free, held): (Vec<String>, Vec<String>) = (0..max_active)
+            .map(|n| holds::slot_key(&order.user_id, n))
+            .partition(|slot| !taken.contains(slot));
+        // A held slot may be stale (its order gone); claiming checks.
+        for slot in free.into_iter().chain(held) {
+            if self.holds.claim(&slot, order.id).await? {
+                return Ok(Some(slot));
+            }
         }
-        Err(CreateError::TooManyActive)
+        Ok(None)
     }
 
-    /// The slots the user's active orders hold now.
-    async fn taken_slots(&self, user_id: &str) -> anyhow::Result<Vec<String>> {
-        let held: Vec<Document> = self
-            .orders
-            .clone_with_type::<Document>()
-            .find(doc! { "userId": user_id, ACTIVE_SLOT: { "$exists": true } })
-            .projection(doc! { ACTIVE_SLOT: 1 })
-            .await
-            .context("failed to read the buyer's active orders")?
-            .try_collect()
-            .await
-            .context("failed to read the buyer's active orders")?;
-        Ok(held
-            .iter()
-            .filter_map(|d| d.get_str(ACTIVE_SLOT).ok().map(str::to_owned))
-            .collect())
-    }
-
-    /// Whether an order holds the ticket.
-    async fn ticket_held(&self, ticket_id: ObjectId) -> anyhow::Result<bool> {
-        Ok(self
-            .orders
-            .clone_with_type::<Document>()
-            .find_one(doc! { ACTIVE_TICKET: ticket_id })
-            .projection(doc! { "_id": 1 })
-            .await
-            .context("failed to read the ticket's order")?
-            .is_some())
+    /// Deletes `order_id`'s holds in `keys`, best effort: a hold left
+    /// behind is given back when next wanted (see [`super::holds`]).
+    async fn give_back(&self, keys: &[String], order_id: ObjectId) {
+        if let Err(e) = self.holds.release(keys, order_id).await {
+            tracing::warn!(order_id = %order_id, error = %format!("{e:#}"), "could not give back holds; they are given back when next wanted");
+        }
     }
 
     /// Cancels `order` unless it is complete: status `cancelled`, the ticket
@@ -331,12 +341,12 @@ impl Orders {
             };
             let update = doc! {
                 "$set": { "status": OrderStatus::Cancelled.as_str(), "version": event.version },
-                "$unset": { ACTIVE_TICKET: "", ACTIVE_SLOT: "" },
                 "$push": outbox::push(&event)?,
             };
             match self.compare_and_set(&order, update).await? {
                 Ok(cancelled) => {
                     self.outbox.wake(cancelled.id);
+                    self.give_back(&cancelled.holds(), cancelled.id).await;
                     tracing::info!(order_id = %cancelled.id, ticket_id = %cancelled.ticket_id, version = cancelled.version, "order cancelled");
                     return Ok(Cancellation::Cancelled(cancelled));
                 }
@@ -363,10 +373,11 @@ impl Orders {
             // Paid: the ticket stays held, the buyer's slot is free again.
             let update = doc! {
                 "$set": { "status": OrderStatus::Complete.as_str(), "version": order.version + 1 },
-                "$unset": { ACTIVE_SLOT: "" },
             };
             match self.compare_and_set(&order, update).await? {
                 Ok(completed) => {
+                    let slot: Vec<String> = completed.slot.iter().cloned().collect();
+                    self.give_back(&slot, completed.id).await;
                     tracing::info!(order_id = %completed.id, version = completed.version, "order complete");
                     return Ok(Completion::Completed(completed));
                 }
