@@ -38,14 +38,20 @@
 //! `payment.created`, and each listener is its own task. Replicas of a service
 //! pull from the same durable consumer, so each message goes to one of them.
 //!
-//! The runner pulls one message at a time and handles it to the end before
-//! pulling the next, so nothing waits in a local buffer while its ack timer runs,
-//! and a stopping replica leaves no half-read batch behind. The outcome decides
-//! the ack:
+//! The runner handles up to [`BusConfig::concurrency`] messages of a consumer
+//! at once (default 16), each acked on its own, and asks the server for no
+//! more than that: a burst of events is worked off in parallel instead of one
+//! round trip after another, and at most that many wait in hand while their
+//! ack timers run. Nothing depends on the order of handling: every handler
+//! applies the version rule (DESIGN §4), so an update handled before its
+//! predecessor is retried later, as it would be if it had arrived first. A
+//! stopping replica finishes the messages in hand and gives back (`-NAK`, no
+//! delay) those it had received but not started, so another replica gets
+//! them at once. The outcome decides the ack:
 //!
 //! | outcome | ack | log |
 //! |---|---|---|
-//! | [`Handled::Ack`] | `+ACK`, confirmed by the server before the next message | debug |
+//! | [`Handled::Ack`] | `+ACK`, confirmed by the server before the slot is free | debug |
 //! | [`Handled::RetryLater`]`(d)` (e.g. a version gap) | `-NAK` with delay `d` | debug |
 //! | handler `Err` or panic | `-NAK` with exponential backoff on the delivery count | warn, with the error chain |
 //! | payload that does not decode, missing or unknown schema version | `+TERM` | error |
@@ -88,7 +94,7 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{FutureExt as _, StreamExt as _};
+use futures::{FutureExt as _, StreamExt as _, stream::FuturesUnordered};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -152,6 +158,9 @@ pub struct BusConfig {
     pub retry_base_delay: Duration,
     /// The cap of that delay (default 60 s).
     pub retry_max_delay: Duration,
+    /// How many messages of one consumer a replica handles at once (default
+    /// 16; see the module docs). 1 handles them one after another.
+    pub concurrency: usize,
 }
 
 impl BusConfig {
@@ -170,6 +179,7 @@ impl BusConfig {
             max_deliver: 20,
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
+            concurrency: 16,
         }
     }
 
@@ -693,34 +703,48 @@ impl<L: Listener> Runner<L> {
         }
     }
 
-    /// Pulls and handles messages until shutdown (`Ok`) or a pull error (`Err`).
+    /// Pulls and handles messages until shutdown (`Ok`) or a pull error
+    /// (`Err`), up to [`BusConfig::concurrency`] at once. Either way the
+    /// messages in hand are finished first.
     async fn pull(
         &self,
         consumer: &PullConsumer,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        // One message per pull request: the next is requested only when we poll
-        // again, i.e. after this one is handled and acked (see the module docs).
+        let limit = self.bus.config.concurrency.max(1);
+        // The server delivers at most `limit` per pull request, and the
+        // client asks for more as they are taken (see the module docs).
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(1)
+            .max_messages_per_batch(limit)
             .expires(PULL_EXPIRES)
             .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .context("failed to start pulling")?;
-        loop {
-            let next = tokio::select! {
+        let mut in_hand = FuturesUnordered::new();
+        let ended = loop {
+            tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => self.process(message).await,
-                Some(Err(err)) => return Err(anyhow!(err)).context("pull failed"),
-                None => bail!("the message stream ended"),
+                () = shutdown.cancelled() => break Ok(()),
+                Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+                next = messages.next(), if in_hand.len() < limit => match next {
+                    Some(Ok(message)) => in_hand.push(self.process(message)),
+                    Some(Err(err)) => break Err(anyhow!(err)).context("pull failed"),
+                    None => break Err(anyhow!("the message stream ended")),
+                },
+            }
+        };
+        while in_hand.next().await.is_some() {}
+        if ended.is_ok() {
+            // Received but not started: give them back for another replica.
+            while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+                if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+                    debug!(consumer = %self.name, error = %err, "could not give a message back; it is redelivered after the ack wait");
+                }
             }
         }
+        ended
     }
 
     /// Decodes, handles and acks one message. Never fails: every outcome is an ack

@@ -548,6 +548,143 @@ async fn shutdown_finishes_the_message_in_hand_and_a_restart_resumes_after_it() 
     cleanup(&bus).await;
 }
 
+/// A listener that takes `work` per message and tracks how many it has in
+/// hand at once (clones share the counts).
+#[derive(Clone)]
+struct Gauge(Arc<GaugeState>);
+
+struct GaugeState {
+    work: Duration,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    handled: Mutex<Vec<String>>,
+}
+
+impl std::ops::Deref for Gauge {
+    type Target = GaugeState;
+    fn deref(&self) -> &GaugeState {
+        &self.0
+    }
+}
+
+impl Gauge {
+    fn new(work: Duration) -> Self {
+        Self(Arc::new(GaugeState {
+            work,
+            now: Default::default(),
+            most: Default::default(),
+            handled: Mutex::default(),
+        }))
+    }
+
+    fn handled(&self) -> Vec<String> {
+        self.handled.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Listener for Gauge {
+    type Event = TicketCreated;
+
+    async fn handle(&self, event: TicketCreated, _: &Delivery) -> anyhow::Result<Handled> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        sleep(self.work).await;
+        self.handled.lock().unwrap().push(event.id);
+        self.now.fetch_sub(1, SeqCst);
+        Ok(Handled::Ack)
+    }
+}
+
+async fn wait_for_handled(gauge: &Gauge, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge.handled().len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "handled {} of {count}",
+            gauge.handled().len()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_burst_is_handled_up_to_the_concurrency_at_once_and_never_more() {
+    let bus = test_bus(|config| config.concurrency = 4).await;
+    for n in 0..20 {
+        bus.publish(&ticket(n)).await.unwrap();
+    }
+    let shutdown = CancellationToken::new();
+    let gauge = Gauge::new(Duration::from_millis(200));
+    let runner = bus
+        .listen("orders-service", gauge.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    wait_for_handled(&gauge, 20).await;
+    assert_eq!(
+        gauge.most.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "four at once, not one after another and not more"
+    );
+    let mut handled = gauge.handled();
+    handled.sort();
+    let mut published: Vec<String> = (0..20).map(|n| ticket(n).id).collect();
+    published.sort();
+    assert_eq!(handled, published, "each exactly once");
+    assert_consumer_drained(&bus, "orders-service-ticket-created").await;
+    stop(&shutdown, runner).await;
+    cleanup(&bus).await;
+}
+
+#[tokio::test]
+async fn a_stopping_replica_finishes_what_it_started_and_gives_back_the_rest_at_once() {
+    // The ack wait is long: a message kept by the stopped replica would come
+    // back only after it; given back, it comes back at once.
+    let bus = test_bus(|config| {
+        config.concurrency = 4;
+        config.ack_wait = Duration::from_secs(30);
+    })
+    .await;
+    for n in 0..12 {
+        bus.publish(&ticket(n)).await.unwrap();
+    }
+    let first = Gauge::new(Duration::from_millis(400));
+    let shutdown = CancellationToken::new();
+    let runner = bus
+        .listen("orders-service", first.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(150)).await;
+    stop(&shutdown, runner).await;
+    let done_first = first.handled();
+    assert!(
+        !done_first.is_empty() && done_first.len() <= 4,
+        "finished what it had started: {done_first:?}"
+    );
+
+    let second = Gauge::new(Duration::ZERO);
+    let shutdown = CancellationToken::new();
+    let resumed = Instant::now();
+    let runner = bus
+        .listen("orders-service", second.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    wait_for_handled(&second, 12 - done_first.len()).await;
+    assert!(
+        resumed.elapsed() < Duration::from_secs(10),
+        "the rest came back without waiting out the ack wait"
+    );
+    let mut all = [done_first, second.handled()].concat();
+    all.sort();
+    let mut published: Vec<String> = (0..12).map(|n| ticket(n).id).collect();
+    published.sort();
+    assert_eq!(all, published, "each handled exactly once");
+    assert_consumer_drained(&bus, "orders-service-ticket-created").await;
+    stop(&shutdown, runner).await;
+    cleanup(&bus).await;
+}
+
 #[tokio::test]
 async fn listening_with_an_invalid_service_name_fails_early() {
     let bus = test_bus(|_| {}).await;

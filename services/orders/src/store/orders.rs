@@ -29,6 +29,8 @@
 //! relay is woken right after, so the event is published at once — or, after
 //! a crash, by the relay's next scan.
 
+use std::collections::HashSet;
+
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -300,12 +302,23 @@ impl Orders {
     /// Claims one of the buyer's `max_active` slots for `order`, free ones
     /// first; `None` when every one is held.
     async fn claim_slot(&self, order: &Order, max_active: u32) -> anyhow::Result<Option<String>> {
-        let taken = self.holds.slots_of(&order.user_id).await?;
-        let (free, held): (Vec<String>, Vec<String>) = (0..max_active)
+        let taken: HashSet<String> = self
+            .holds
+            .slots_of(&order.user_id)
+            .await?
+            .into_iter()
+            .collect();
+        // Lazily: the limit may be large, and the first free slot is enough.
+        let free = (0..max_active)
             .map(|n| holds::slot_key(&order.user_id, n))
-            .partition(|slot| !taken.contains(slot));
-        // A held slot may be stale (its order gone); claiming checks.
-        for slot in free.into_iter().chain(held) {
+            .filter(|slot| !taken.contains(slot));
+        // Then the held ones within the limit: one may be stale (its order
+        // gone), which claiming checks.
+        let held = (0..max_active)
+            .map(|n| holds::slot_key(&order.user_id, n))
+            .filter(|slot| taken.contains(slot))
+            .take(taken.len());
+        for slot in free.chain(held) {
             if self.holds.claim(&slot, order.id).await? {
                 return Ok(Some(slot));
             }
