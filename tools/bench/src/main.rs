@@ -505,7 +505,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
             Some(bare_make),
             load::status_is(201),
             Some((
-                "find_one(replica) + insert_one(order + outbox)",
+                "find_one(replica) + find(buyer's slots) + insert_one(slot hold) + insert_one(ticket hold) + insert_one(order + outbox)",
                 floors.create_order(),
             )),
         )
