@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::{Fleet, FleetOptions, Infra, InfraOptions, ingress, ingress::IngressOptions};
+use crate::{
+    Fleet, FleetOptions, Infra, InfraOptions, WebhookTarget, ingress, ingress::IngressOptions,
+};
 
 /// What [`Stack::start_with`] starts.
 #[derive(Debug, Clone)]
@@ -101,6 +103,13 @@ impl Stack {
             fleet_options = fleet_options.only(&only);
         }
         fleet_options.api_base_url = Some(base_url.clone());
+        // The fake's events go to the fleet's webhook route, through the ingress.
+        if let Some(stripe) = infra.stripe_fake() {
+            stripe.set_default_webhook(Some(WebhookTarget {
+                url: format!("{base_url}/api/payments/webhook"),
+                secret: fleet_options.stripe_webhook_secret.clone(),
+            }));
+        }
         fleet_options.replicas = options.replicas;
         if options.nats_nodes > 1 {
             fleet_options.env.push((

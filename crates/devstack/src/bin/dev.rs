@@ -247,6 +247,8 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         ),
     }
     let service_port_base = env_port("DEV_SERVICE_PORT_BASE", 3001)?;
+    let webhook_secret =
+        fleet::load_or_create_webhook_secret(&paths::dev_dir().join("stripe_webhook_secret"))?;
     let infra_options = InfraOptions {
         data_dir: Some(paths::dev_data_dir()),
         nats_port: Some(env_port("DEV_NATS_PORT", 4232)?),
@@ -255,6 +257,12 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         redis_port: Some(env_port("DEV_REDIS_PORT", 6389)?),
         stripe: start_stripe_fake,
         stripe_port: Some(env_port("DEV_STRIPE_PORT", 12111)?),
+        // The fake's events go to payments through the ingress, as Stripe's
+        // would reach the public webhook route.
+        stripe_webhook: start_stripe_fake.then(|| devstack::WebhookTarget {
+            url: format!("http://127.0.0.1:{ingress_port}/api/payments/webhook"),
+            secret: webhook_secret.clone(),
+        }),
         output: out.clone(),
         ready_timeout: Duration::from_secs(60),
         stop_grace: Duration::from_secs(10),
@@ -317,6 +325,7 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
             stripe_key: stripe_key
                 .clone()
                 .unwrap_or_else(|| FAKE_STRIPE_KEY.to_owned()),
+            stripe_webhook_secret: webhook_secret.clone(),
             api_base_url: Some(api_base_url.clone()),
             output: out.clone(),
             ready_timeout: Duration::from_secs(60),
