@@ -31,6 +31,9 @@
 //!   intent goes to `requires_action` until
 //!   `POST /_fake/payment_intents/{id}/authenticate` (`result=succeed|fail`),
 //!   which the fake Stripe.js calls from its authentication dialog.
+//! - `POST /_fake/hold` (`method`, `path`, `seconds`): the account's next such
+//!   request is carried out but answered only after the delay, so a fault
+//!   test can kill the caller between Stripe's work and its answer.
 //! - Every change makes a Stripe event (`payment_intent.succeeded`, …),
 //!   POSTed to the account's webhook endpoints and to the default endpoint
 //!   ([`StripeFake::set_default_webhook`]) with a real
@@ -111,6 +114,7 @@ impl StripeFake {
             ids: AtomicU64::new(0),
             base_url: Mutex::new(String::new()),
             webhook_retries: 12,
+            holds: Mutex::new(Vec::new()),
         });
         let mut fake = Self {
             port,
@@ -195,6 +199,18 @@ struct Shared {
     base_url: Mutex<String>,
     /// Delivery attempts of one event to one endpoint.
     webhook_retries: u32,
+    /// Answers to hold back (fault tests): the request is carried out, its
+    /// answer sent only after the delay — a caller that dies meanwhile never
+    /// learns what Stripe did.
+    holds: Mutex<Vec<Hold>>,
+}
+
+#[derive(Debug, Clone)]
+struct Hold {
+    account: String,
+    method: String,
+    path: String,
+    delay: Duration,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -486,6 +502,32 @@ async fn handle(
             false,
         ));
     };
+    // `POST /_fake/hold` (`method`, `path`, `seconds`): hold back the answer
+    // of the account's next such request.
+    if path == "/_fake/hold" && caller.secret {
+        let hold = Hold {
+            account: caller.account.clone(),
+            method: params.get("method").unwrap_or("POST").to_owned(),
+            path: params.get("path").unwrap_or_default().to_owned(),
+            delay: Duration::from_secs(
+                params
+                    .get("seconds")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(30),
+            ),
+        };
+        lock(&shared.holds).push(hold);
+        return answer(Outcome::ok(json!({"held": true})));
+    }
+    let held = {
+        let mut holds = lock(&shared.holds);
+        holds
+            .iter()
+            .position(|h| {
+                h.account == caller.account && h.method == method.as_str() && h.path == path
+            })
+            .map(|i| holds.remove(i).delay)
+    };
     let idempotency_key = (method == Method::POST)
         .then(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()))
         .flatten()
@@ -552,6 +594,9 @@ async fn handle(
     };
     for (event, target) in targets {
         tokio::spawn(deliver(shared.clone(), event, target));
+    }
+    if let Some(delay) = held {
+        tokio::time::sleep(delay).await;
     }
     answer(outcome)
 }
