@@ -36,6 +36,7 @@ test: bootstrap check-deploy ## Build everything and run all tests against ephem
 	$(CARGO) build --workspace --bins --tests
 	$(TEST_INFRA) $(CARGO) test --workspace
 	$(DEV) fleet --expiration-window 10 -- node --test --test-concurrency=1 tests/browser/*.test.mjs
+	$(DEV) fleet --stripe-js --expiration-window 120 -- node --test --test-concurrency=1 tests/browser/stripe/*.test.mjs
 	$(FUZZ)
 
 # schemathesis against every API service's /openapi.json, through the ingress of

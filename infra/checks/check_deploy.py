@@ -93,7 +93,11 @@ APP_ENV = {"dev": "development", "prod": "production"}
 # the newest kubernetes-validate knows (its default).
 KUBERNETES_VERSIONS = ("1.30.0", None)
 # Variables that must come from a Secret: name -> (secret, key).
-SECRET_ENV = {"JWT_KEY": ("jwt-secret", "JWT_KEY"), "STRIPE_KEY": ("stripe-secret", "STRIPE_KEY")}
+SECRET_ENV = {
+    "JWT_KEY": ("jwt-secret", "JWT_KEY"),
+    "STRIPE_KEY": ("stripe-secret", "STRIPE_KEY"),
+    "STRIPE_WEBHOOK_SECRET": ("stripe-secret", "STRIPE_WEBHOOK_SECRET"),
+}
 # In-cluster URL schemes -> the image family of the StatefulSet behind them.
 STORE_IMAGES = {"mongodb": "mongo", "nats": "nats", "redis": "redis"}
 SKAFFOLD_MIN_SCHEMA = (4, "beta", 11)

@@ -9,7 +9,7 @@
 //! Each service gets its configuration the way it gets it in Kubernetes, from
 //! environment variables (DESIGN §6): `PORT`, `MONGO_URI` (its own database:
 //! `<mongo>/<service>`), `NATS_URL`, `REDIS_URL`, `JWT_KEY`, `STRIPE_KEY`,
-//! `STRIPE_API_BASE`, plus `APP_ENV=development` (readable logs, cookies without
+//! `STRIPE_API_BASE`, `STRIPE_WEBHOOK_SECRET`, `STRIPE_PUBLISHABLE_KEY`, plus `APP_ENV=development` (readable logs, cookies without
 //! `Secure`) and `API_BASE_URL` (the ingress, for the web client).
 //! `EXPIRATION_WINDOW_SECONDS` and `RUST_LOG` are inherited from the launcher.
 //!
@@ -43,6 +43,14 @@ use crate::routes;
 /// The `STRIPE_KEY` given to services when no real key is configured; only
 /// meaningful together with `STRIPE_API_BASE` pointing at the Stripe fake.
 pub const FAKE_STRIPE_KEY: &str = "sk_test_devstack_local_fake";
+
+/// The publishable twin of a fake secret key (`sk_test_x` → `pk_test_x`):
+/// the Stripe fake treats both as the same account.
+pub fn fake_publishable_key(secret_key: &str) -> Option<String> {
+    secret_key
+        .strip_prefix("sk_test_")
+        .map(|account| format!("pk_test_{account}"))
+}
 
 /// A service found in the workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +144,27 @@ pub fn load_or_create_jwt_key(path: &Path) -> anyhow::Result<String> {
 }
 
 /// 256 random bits, hex-encoded.
+/// `STRIPE_WEBHOOK_SECRET` if set, else the local fake's signing secret kept
+/// in `path` (created on first use), so that `make dev` restarts keep it.
+pub fn load_or_create_webhook_secret(path: &Path) -> anyhow::Result<String> {
+    if let Ok(secret) = std::env::var("STRIPE_WEBHOOK_SECRET")
+        && !secret.is_empty()
+    {
+        return Ok(secret);
+    }
+    if let Ok(secret) = std::fs::read_to_string(path)
+        && !secret.trim().is_empty()
+    {
+        return Ok(secret.trim().to_owned());
+    }
+    let secret = format!("whsec_{}", random_key());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, &secret).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(secret)
+}
+
 pub fn random_key() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -226,6 +255,12 @@ pub struct FleetOptions {
     pub jwt_key: String,
     /// `STRIPE_KEY` (default: [`FAKE_STRIPE_KEY`]).
     pub stripe_key: String,
+    /// `STRIPE_WEBHOOK_SECRET` (default: random per fleet; point the Stripe
+    /// fake's webhooks at the fleet with the same secret).
+    pub stripe_webhook_secret: String,
+    /// `STRIPE_PUBLISHABLE_KEY` for the web client (default: none, the
+    /// test-mode path; with the fake, [`fake_publishable_key`]).
+    pub stripe_publishable_key: Option<String>,
     /// `API_BASE_URL`, the ingress's URL, if an ingress runs.
     pub api_base_url: Option<String>,
     /// Extra variables for every service.
@@ -252,6 +287,8 @@ impl FleetOptions {
             database_prefix: String::new(),
             jwt_key: random_key(),
             stripe_key: FAKE_STRIPE_KEY.to_owned(),
+            stripe_webhook_secret: format!("whsec_{}", random_key()),
+            stripe_publishable_key: None,
             api_base_url: None,
             env: Vec::new(),
             output: Output::from_env(),
@@ -568,12 +605,16 @@ fn service_spec(
         .env("REDIS_URL", &endpoints.redis_url)
         .env("JWT_KEY", &options.jwt_key)
         .env("STRIPE_KEY", &options.stripe_key)
+        .env("STRIPE_WEBHOOK_SECRET", &options.stripe_webhook_secret)
         .env("APP_ENV", "development");
     if let Some(stripe) = &endpoints.stripe_api_base {
         spec = spec.env("STRIPE_API_BASE", stripe);
     }
     if let Some(api_base_url) = &options.api_base_url {
         spec = spec.env("API_BASE_URL", api_base_url);
+    }
+    if let Some(key) = &options.stripe_publishable_key {
+        spec = spec.env("STRIPE_PUBLISHABLE_KEY", key);
     }
     for (key, value) in &options.env {
         spec = spec.env(key, value);

@@ -14,10 +14,12 @@
 //!   (`.dev/venv/bin/secantusd-py`), both `--standalone` (see [`crate::mongo`]).
 //! - Redis: `redis-server` from `PATH`; no snapshots or AOF when ephemeral,
 //!   append-only persistence in a data dir.
-//! - Stripe: `node .dev/node/node_modules/stripe-stateful-mock/dist/cli.js`
-//!   (run by node directly, not npm, so signals reach it), port via `PORT`.
+//! - Stripe: [`crate::stripe_fake`], served from this process (no install);
+//!   it is not a [`Process`], but [`Infra::stop_server`] /
+//!   [`Infra::start_server`] take it down and up by the name `stripe` like
+//!   the others (its objects survive, as Stripe's would).
 //!
-//! Every server is a supervised [`Process`]: own process group, prefixed logs,
+//! Every other server is a supervised [`Process`]: own process group, prefixed logs,
 //! killed on drop and by a watchdog if the owner dies.
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use crate::output::Output;
 use crate::paths::{self, TempDir};
 use crate::probe::{self, local};
 use crate::process::{Process, ProcessSpec, ensure_port_free};
+use crate::stripe_fake::{StripeFake, WebhookTarget};
 
 /// How to start the infrastructure. `Default` is ephemeral, on free ports,
 /// without the Stripe fake, quiet unless `DEVSTACK_LOG` is set.
@@ -51,6 +54,9 @@ pub struct InfraOptions {
     pub stripe: bool,
     /// Stripe fake port (`None`: a free port).
     pub stripe_port: Option<u16>,
+    /// Where the Stripe fake sends every account's events (`make dev`: the
+    /// ingress's webhook route); [`Infra::stripe_fake`] can set it later.
+    pub stripe_webhook: Option<WebhookTarget>,
     /// Where the servers' logs go.
     pub output: Output,
     /// How long each server may take to become ready.
@@ -77,6 +83,7 @@ impl Default for InfraOptions {
             redis_port: None,
             stripe: false,
             stripe_port: None,
+            stripe_webhook: None,
             output: Output::from_env(),
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
@@ -163,6 +170,8 @@ pub struct Infra {
     /// How to start each server again (same order as `processes`), for
     /// fault injection: same program, port and data dir.
     servers: Vec<Server>,
+    /// The Stripe fake, when asked for.
+    stripe: Option<StripeFake>,
     // Declared before `temp`: the servers must be gone before their data dir is removed.
     processes: Vec<Process>,
     temp: Option<TempDir>,
@@ -181,7 +190,6 @@ enum ReadyCheck {
     Nats { port: u16, monitor_port: u16 },
     Mongo { port: u16 },
     Redis { port: u16 },
-    Stripe { port: u16 },
 }
 
 impl ReadyCheck {
@@ -199,15 +207,6 @@ impl ReadyCheck {
             }
             Self::Redis { port } => {
                 probe::wait_ready(process, "PING", timeout, || probe::redis(local(port))).await
-            }
-            // Any HTTP answer will do: the fake has no health route.
-            Self::Stripe { port } => {
-                probe::wait_ready(process, "HTTP", timeout, || async move {
-                    probe::http_status(local(port), "/v1/charges")
-                        .await
-                        .map(drop)
-                })
-                .await
             }
         }
     }
@@ -231,14 +230,17 @@ impl Infra {
         let mongo_port = pick_port(options.mongo_port, "mongo")?;
         let redis_port = pick_port(options.redis_port, "redis")?;
         let stripe_port = if options.stripe {
-            Some(pick_port(options.stripe_port, "stripe")?)
+            Some(
+                options
+                    .stripe_port
+                    .map_or(Ok(0), |port| pick_port(Some(port), "stripe"))?,
+            )
         } else {
             None
         };
 
         let (mongo, mongo_flavor) = mongo_spec(&data_dir, mongo_port, options.mongo.clone())?;
         let redis = redis_spec(&data_dir, redis_port, persistent)?;
-        let stripe = stripe_port.map(stripe_spec).transpose()?;
 
         let nats_cluster = cluster_ports(&options, nats_port, nats_monitor_port)?;
         let nats_url = if nats_cluster.is_empty() {
@@ -277,12 +279,6 @@ impl Infra {
                 ready: ReadyCheck::Redis { port: redis_port },
             },
         ]);
-        if let (Some(stripe), Some(port)) = (stripe, stripe_port) {
-            servers.push(Server {
-                spec: stripe,
-                ready: ReadyCheck::Stripe { port },
-            });
-        }
 
         let output = &options.output;
         let mut processes = Vec::with_capacity(servers.len());
@@ -296,13 +292,21 @@ impl Infra {
             .zip(&processes)
             .map(|(server, process)| server.ready.wait(process, timeout));
         futures::future::try_join_all(checks).await?;
+        let stripe = match stripe_port {
+            Some(port) => {
+                let fake = StripeFake::start(port).await?;
+                fake.set_default_webhook(options.stripe_webhook.clone());
+                Some(fake)
+            }
+            None => None,
+        };
 
         Ok(Self {
             endpoints: Endpoints {
                 mongo_uri: format!("mongodb://127.0.0.1:{mongo_port}"),
                 nats_url,
                 redis_url: format!("redis://127.0.0.1:{redis_port}"),
-                stripe_api_base: stripe_port.map(|port| format!("http://127.0.0.1:{port}")),
+                stripe_api_base: stripe.as_ref().map(StripeFake::base_url),
             },
             mongo_flavor,
             nats_monitor_port,
@@ -312,6 +316,7 @@ impl Infra {
             ready_timeout: options.ready_timeout,
             output: options.output.clone(),
             servers,
+            stripe,
             processes,
             temp,
         })
@@ -340,6 +345,12 @@ impl Infra {
     /// The Stripe fake's base URL, if it was started.
     pub fn stripe_api_base(&self) -> Option<&str> {
         self.endpoints.stripe_api_base.as_deref()
+    }
+
+    /// The Stripe fake, if it was started (e.g. to point its webhooks at an
+    /// ingress that was bound after it).
+    pub fn stripe_fake(&self) -> Option<&StripeFake> {
+        self.stripe.as_ref()
     }
 
     /// `http://127.0.0.1:P` of NATS monitoring (`/healthz`, `/jsz`).
@@ -402,6 +413,12 @@ impl Infra {
     /// Stops one server gracefully and leaves it down (an outage of chosen
     /// length); bring it back with [`Infra::start_server`].
     pub async fn stop_server(&mut self, name: &str) -> anyhow::Result<()> {
+        if name == "stripe"
+            && let Some(stripe) = &mut self.stripe
+        {
+            stripe.stop().await;
+            return Ok(());
+        }
         let index = self.index_of(name)?;
         let grace = self.stop_grace;
         self.processes[index]
@@ -414,6 +431,9 @@ impl Infra {
     /// `kill -9`s one server (a crash, for fault tests); bring it back with
     /// [`Infra::start_server`].
     pub async fn kill_server(&mut self, name: &str) -> anyhow::Result<()> {
+        if name == "stripe" {
+            return self.stop_server(name).await;
+        }
         let index = self.index_of(name)?;
         self.processes[index]
             .kill()
@@ -425,6 +445,12 @@ impl Infra {
     /// Starts a stopped (or crashed) server again, on its port and data dir,
     /// and waits until it answers.
     pub async fn start_server(&mut self, name: &str) -> anyhow::Result<()> {
+        if name == "stripe"
+            && let Some(stripe) = &mut self.stripe
+        {
+            anyhow::ensure!(!stripe.is_running(), "stripe is already running");
+            return stripe.start_again().await;
+        }
         let index = self.index_of(name)?;
         anyhow::ensure!(
             !self.processes[index].is_running(),
@@ -450,6 +476,9 @@ impl Infra {
     /// Stops every server (SIGTERM, then SIGKILL after the grace period) and
     /// removes ephemeral data.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stripe) = &mut self.stripe {
+            stripe.stop().await;
+        }
         for process in &self.processes {
             process.terminate();
         }
@@ -570,20 +599,4 @@ fn redis_spec(data_dir: &Path, port: u16, persistent: bool) -> anyhow::Result<Pr
     } else {
         spec.args(["--appendonly", "no"])
     })
-}
-
-fn stripe_spec(port: u16) -> anyhow::Result<ProcessSpec> {
-    let node =
-        paths::which("node").context("node not found on PATH (needed for the Stripe fake)")?;
-    let cli = paths::require_installed(
-        &paths::node_modules().join("stripe-stateful-mock/dist/cli.js"),
-        "the Stripe fake (npm stripe-stateful-mock)",
-    )?;
-    Ok(ProcessSpec::new("stripe", node)
-        .arg(cli)
-        .env("PORT", port.to_string())
-        .env(
-            "LOG_LEVEL",
-            std::env::var("STRIPE_MOCK_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
-        ))
 }

@@ -8,7 +8,8 @@
 //! - [`paths`]: the workspace root and `.dev/`, where `scripts/bootstrap.sh`
 //!   installs the local tools.
 //! - [`infra`]: [`Infra`] starts NATS JetStream, a MongoDB-wire server, Redis
-//!   and the Stripe fake as child processes on free or fixed ports.
+//!   as child processes on free or fixed ports, and the Stripe fake
+//!   ([`stripe_fake`]) in this process.
 //!   With several NATS nodes, a JetStream cluster ([`nats_cluster`]).
 //! - [`routes`]: the routing table from `infra/routes.json`, the single source
 //!   of truth shared with the Kubernetes ingress.
@@ -35,9 +36,11 @@ pub mod process;
 pub mod ratelimit;
 pub mod routes;
 pub mod stack;
+pub mod stripe_fake;
 
 pub use fleet::{Fleet, FleetOptions, PortPlan, ServiceInfo};
 pub use infra::{Endpoints, Infra, InfraOptions};
 pub use output::Output;
 pub use process::{Process, ProcessSpec};
 pub use stack::{Stack, StackOptions};
+pub use stripe_fake::{StripeFake, WebhookTarget};

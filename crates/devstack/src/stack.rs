@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::{Fleet, FleetOptions, Infra, InfraOptions, ingress, ingress::IngressOptions};
+use crate::{
+    Fleet, FleetOptions, Infra, InfraOptions, WebhookTarget, ingress, ingress::IngressOptions,
+};
 
 /// What [`Stack::start_with`] starts.
 #[derive(Debug, Clone)]
@@ -27,6 +29,10 @@ pub struct StackOptions {
     pub nats_nodes: usize,
     /// The ingress's bounds and limits (e.g. an edge rate limit).
     pub ingress: IngressOptions,
+    /// The order page pays with the Stripe fake's Stripe.js (a publishable
+    /// key and `STRIPE_JS_URL` for the client) instead of the test-mode
+    /// "Pay with test card" (default false).
+    pub stripe_js: bool,
 }
 
 impl Default for StackOptions {
@@ -37,6 +43,7 @@ impl Default for StackOptions {
             replicas: 1,
             nats_nodes: 1,
             ingress: IngressOptions::default(),
+            stripe_js: false,
         }
     }
 }
@@ -101,6 +108,21 @@ impl Stack {
             fleet_options = fleet_options.only(&only);
         }
         fleet_options.api_base_url = Some(base_url.clone());
+        // The fake's events go to the fleet's webhook route, through the ingress.
+        if let Some(stripe) = infra.stripe_fake() {
+            stripe.set_default_webhook(Some(WebhookTarget {
+                url: format!("{base_url}/api/payments/webhook"),
+                secret: fleet_options.stripe_webhook_secret.clone(),
+            }));
+            if options.stripe_js {
+                fleet_options.stripe_publishable_key =
+                    crate::fleet::fake_publishable_key(&fleet_options.stripe_key);
+                fleet_options.env.push((
+                    "STRIPE_JS_URL".to_owned(),
+                    format!("{}/js.stripe.com/v3/", stripe.base_url()),
+                ));
+            }
+        }
         fleet_options.replicas = options.replicas;
         if options.nats_nodes > 1 {
             fleet_options.env.push((

@@ -4,7 +4,8 @@
 //!   MongoDB-wire server and a Redis. When `TEST_NATS_URL`, `TEST_MONGO_URI`,
 //!   `TEST_REDIS_URL` (and optionally `TEST_STRIPE_API_BASE`) are set — `make
 //!   test` starts them once for the whole run — it attaches to those; otherwise
-//!   it starts its own once per test process, through `devstack`.
+//!   it starts its own once per test process, through `devstack`. Without
+//!   `TEST_STRIPE_API_BASE` it serves the devstack Stripe fake itself.
 //! - Isolation: [`database`] is a fresh database name per call,
 //!   [`bus_config`] a stream and subject prefix of its own, so tests run in
 //!   parallel without seeing each other.
@@ -44,7 +45,47 @@ static INFRA: OnceLock<Infra> = OnceLock::new();
 
 /// The shared infrastructure of this test run (attached or started once).
 pub fn infra() -> &'static Infra {
-    INFRA.get_or_init(|| Infra::from_test_env().unwrap_or_else(start_own))
+    INFRA.get_or_init(|| match Infra::from_test_env() {
+        // Attached to servers (CI's containers) without a Stripe fake: the
+        // fake is in-process, so this test process serves its own.
+        Some(mut attached) if attached.stripe_api_base.is_none() => {
+            attached.stripe_api_base = Some(start_own_stripe());
+            attached
+        }
+        Some(attached) => attached,
+        None => start_own(),
+    })
+}
+
+/// Starts the devstack Stripe fake on a thread of its own (see [`start_own`]).
+fn start_own_stripe() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("testkit-stripe".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("testkit: failed to build the Stripe fake's runtime");
+            runtime.block_on(async move {
+                match devstack::StripeFake::start(0).await {
+                    Ok(fake) => {
+                        let _ = tx.send(Ok(fake.base_url()));
+                        std::future::pending::<()>().await;
+                        drop(fake);
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(format!("{err:#}")));
+                    }
+                }
+            });
+        })
+        .expect("testkit: failed to spawn the Stripe fake's thread");
+    match rx.recv() {
+        Ok(Ok(base)) => base,
+        Ok(Err(err)) => panic!("testkit: could not start the Stripe fake: {err}"),
+        Err(_) => panic!("testkit: the Stripe fake's thread died"),
+    }
 }
 
 /// Starts servers on a thread of their own whose runtime outlives every test

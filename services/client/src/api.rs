@@ -207,6 +207,20 @@ pub struct Order {
     pub ticket: OrderTicket,
 }
 
+/// An order's payment (`GET`/`POST /api/payments`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Payment {
+    /// `pending`, `succeeded`, `refunded` or `cancelled`.
+    pub status: String,
+    /// Only while it can be paid.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct Created {
     id: String,
@@ -445,6 +459,26 @@ impl ApiClient {
     }
 
     /// Pays for an order with a card token (`tok_visa` in tests).
+    /// The order's payment with its PaymentIntent (created on first call):
+    /// what Stripe.js confirms.
+    pub async fn open_payment(&self, visitor: &Visitor, order: &ObjectId) -> ApiResult<Payment> {
+        let body = json!({"orderId": order.as_str()});
+        let path = "/api/payments";
+        read(
+            self.send(visitor, Method::POST, path, Some(body)).await?,
+            path,
+        )
+        .await
+    }
+
+    /// The visitor's payment of the order, if there is one.
+    pub async fn payment(&self, visitor: &Visitor, order: &ObjectId) -> ApiResult<Option<Payment>> {
+        let payments: Vec<Payment> = self
+            .get(visitor, &format!("/api/payments?orderId={order}"))
+            .await?;
+        Ok(payments.into_iter().next())
+    }
+
     pub async fn pay(&self, visitor: &Visitor, order: &ObjectId, token: &str) -> ApiResult<()> {
         let body = json!({"token": token, "orderId": order.as_str()});
         self.send(visitor, Method::POST, "/api/payments", Some(body))

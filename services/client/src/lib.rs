@@ -33,6 +33,9 @@ use common::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Stripe's own Stripe.js.
+pub const DEFAULT_STRIPE_JS_URL: &str = "https://js.stripe.com/v3/";
+
 /// Everything the client reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -43,6 +46,9 @@ pub struct Settings {
     /// Stripe's publishable key; without it the order page offers
     /// "Pay with test card" (`tok_visa`) instead of Stripe's card form.
     pub stripe_publishable_key: Option<String>,
+    /// Where Stripe.js is loaded from (`STRIPE_JS_URL`, default
+    /// `https://js.stripe.com/v3/`; the local fleet: the Stripe fake's).
+    pub stripe_js_url: String,
     /// Local development: readable logs.
     pub development: bool,
     /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
@@ -55,10 +61,20 @@ impl Settings {
         env.log_filter();
         let api_base_url = env.required("API_BASE_URL")?;
         let stripe_publishable_key = env.optional("STRIPE_PUBLISHABLE_KEY");
+        let stripe_js_url = env
+            .optional("STRIPE_JS_URL")
+            .unwrap_or_else(|| DEFAULT_STRIPE_JS_URL.to_owned());
+        if pages::origin_of(&stripe_js_url).is_none() {
+            return Err(ConfigError::Invalid {
+                name: "STRIPE_JS_URL",
+                reason: format!("{stripe_js_url:?} is not an http(s) URL"),
+            });
+        }
         let settings = Self {
             port: env.port()?,
             api_base_url: api_base_url.trim().trim_end_matches('/').to_owned(),
             stripe_publishable_key,
+            stripe_js_url,
             development: env.development(),
             limits: common::overload::Limits::from_env(env)?,
         };
@@ -75,6 +91,10 @@ impl Settings {
 pub struct AppState {
     pub api: api::ApiClient,
     pub stripe_publishable_key: Option<Arc<str>>,
+    pub stripe_js_url: Arc<str>,
+    /// The page's Content-Security-Policy: with Stripe.js, exactly the
+    /// origins it needs.
+    pub csp: Arc<str>,
 }
 
 impl AppState {
@@ -82,6 +102,13 @@ impl AppState {
         Ok(Self {
             api: api::ApiClient::new(&settings.api_base_url)?,
             stripe_publishable_key: settings.stripe_publishable_key.as_deref().map(Arc::from),
+            stripe_js_url: Arc::from(settings.stripe_js_url.as_str()),
+            csp: Arc::from(pages::content_security_policy(
+                settings
+                    .stripe_publishable_key
+                    .as_ref()
+                    .map(|_| settings.stripe_js_url.as_str()),
+            )),
         })
     }
 }

@@ -285,6 +285,43 @@ pub fn signin_url(back: &str) -> String {
     format!("/auth/signin?next={}", percent_encode(back))
 }
 
+/// `scheme://host[:port]` of an http(s) URL.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let host = rest
+        .split(['/', '?', '#'])
+        .next()
+        .filter(|h| !h.is_empty())?;
+    Some(format!("{scheme}://{host}"))
+}
+
+/// The Content-Security-Policy of every page. Scripts and styles come only
+/// from the client itself; with Stripe.js (`stripe_js`, its URL) also what
+/// Stripe documents it needs: its script, its API for `fetch`, its frames
+/// (3-D Secure, the Elements) — Stripe's own hosts, or the fake's origin.
+pub fn content_security_policy(stripe_js: Option<&str>) -> String {
+    let Some(url) = stripe_js else {
+        return "default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'".to_owned();
+    };
+    let origin = origin_of(url).unwrap_or_else(|| "https://js.stripe.com".to_owned());
+    let (script, connect, frame) = if origin == "https://js.stripe.com" {
+        (
+            "https://js.stripe.com".to_owned(),
+            "https://api.stripe.com".to_owned(),
+            "https://js.stripe.com https://hooks.stripe.com".to_owned(),
+        )
+    } else {
+        (origin.clone(), origin.clone(), origin)
+    };
+    format!(
+        "default-src 'self'; script-src 'self' {script}; frame-src {frame}; connect-src 'self' {connect}; \
+         img-src 'self' data: https://*.stripe.com; style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+}
+
 /// Security headers for every answer. Scripts and styles come only from the
 /// client itself — plus Stripe.js when a publishable key is configured.
 pub async fn security_headers(
@@ -293,18 +330,10 @@ pub async fn security_headers(
     next: Next,
 ) -> Response {
     let mut response = next.run(request).await;
-    let csp = if state.stripe_publishable_key.is_some() {
-        "default-src 'self'; script-src 'self' https://js.stripe.com; \
-         frame-src https://js.stripe.com https://hooks.stripe.com; connect-src 'self' https://api.stripe.com; \
-         img-src 'self' data:; style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    } else {
-        "default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    };
+    let csp = HeaderValue::from_str(&state.csp)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(csp),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -38,30 +38,33 @@
     }
   }
 
-  // With a publishable key: Stripe's card element makes a token, which the
-  // form then posts like the test-card form does.
+  // With a publishable key: Stripe.js's Card Element, confirmed against the
+  // order's PaymentIntent (3-D Secure runs in Stripe's dialog when the bank
+  // asks); on success back to the order page, which waits for the webhook.
   function startStripe(form) {
     var key = form.getAttribute("data-stripe-key");
-    if (!key || typeof window.Stripe !== "function") return;
+    var secret = form.getAttribute("data-client-secret");
+    if (!key || !secret || typeof window.Stripe !== "function") return;
     var stripe = window.Stripe(key);
     var card = stripe.elements().create("card");
     card.mount(form.querySelector("#card-element"));
     var errors = form.querySelector("#card-errors");
     var button = form.querySelector("button[type=submit]");
     form.addEventListener("submit", function (event) {
-      var token = form.querySelector("input[name=token]");
-      if (token.value) return;
       event.preventDefault();
+      if (button.disabled) return;
       button.disabled = true;
-      stripe.createToken(card).then(function (result) {
-        if (result.error) {
-          errors.textContent = result.error.message;
-          button.disabled = false;
-          return;
-        }
-        token.value = result.token.id;
-        form.submit();
-      });
+      errors.textContent = "";
+      stripe
+        .confirmCardPayment(secret, { payment_method: { card: card } })
+        .then(function (result) {
+          if (result.error) {
+            errors.textContent = result.error.message || "The payment failed. Please try another card.";
+            button.disabled = false;
+            return;
+          }
+          window.location.assign(form.getAttribute("data-return-url"));
+        });
     });
   }
 
@@ -88,6 +91,6 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-countdown-root]").forEach(startCountdown);
     document.querySelectorAll("form[data-stripe-key]").forEach(startStripe);
-    document.querySelectorAll("form[method=post]").forEach(guardDoubleSubmit);
+    document.querySelectorAll("form[method=post]:not([data-client-secret])").forEach(guardDoubleSubmit);
   });
 })();

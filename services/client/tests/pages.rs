@@ -131,6 +131,7 @@ async fn spawn_client(api_base_url: &str) -> TestApp {
         port: 0,
         api_base_url: api_base_url.to_owned(),
         stripe_publishable_key: None,
+        stripe_js_url: client::DEFAULT_STRIPE_JS_URL.to_owned(),
         development: true,
         limits: Default::default(),
     };
@@ -1032,15 +1033,24 @@ async fn not_ready_while_the_ingress_cannot_reach_the_api() {
 
 #[tokio::test]
 async fn with_a_publishable_key_the_order_page_uses_stripe_js() {
-    let routes = Router::new().route(
-        &format!("/api/orders/{ORDER_ID}"),
-        get(|| async { Json(order("created", 60)) }),
-    );
+    let routes = Router::new()
+        .route(
+            &format!("/api/orders/{ORDER_ID}"),
+            get(|| async { Json(order("created", 60)) }),
+        )
+        .route(
+            "/api/payments",
+            axum::routing::post(|| async {
+                Json(json!({"id": "64b7f0c2a1b2c3d4e5f60799", "orderId": ORDER_ID, "status": "pending",
+                            "amount": 1250, "paymentIntentId": "pi_1", "clientSecret": "pi_1_secret_x"}))
+            }),
+        );
     let api = FakeApi::start(routes).await;
     let settings = Settings {
         port: 0,
         api_base_url: api.base_url.clone(),
         stripe_publishable_key: Some("pk_test_123".into()),
+        stripe_js_url: client::DEFAULT_STRIPE_JS_URL.to_owned(),
         development: true,
         limits: Default::default(),
     };
@@ -1056,6 +1066,7 @@ async fn with_a_publishable_key_the_order_page_uses_stripe_js() {
         page.text
     );
     assert!(page.text.contains("data-stripe-key=\"pk_test_123\""));
+    assert!(page.text.contains("data-client-secret=\"pi_1_secret_x\""));
     assert!(!page.text.contains("tok_visa"));
     let csp = page.headers[header::CONTENT_SECURITY_POLICY]
         .to_str()
@@ -1084,4 +1095,110 @@ async fn signed_in_visitors_skip_the_sign_in_form() {
         form.text
     );
     assert!(form.text.contains("<label for=\"email\">Email</label>"));
+}
+
+async fn order_page_with_payment(
+    order_status: &str,
+    payment: Value,
+    stripe_js: Option<&str>,
+) -> Reply {
+    let order_body = order(
+        order_status,
+        if order_status == "cancelled" { -5 } else { 60 },
+    );
+    let listed = payment.clone();
+    let routes = Router::new()
+        .route(
+            &format!("/api/orders/{ORDER_ID}"),
+            get(move || {
+                let order_body = order_body.clone();
+                async move { Json(order_body) }
+            }),
+        )
+        .route(
+            "/api/payments",
+            get(move || {
+                let listed = listed.clone();
+                async move { Json(json!([listed])) }
+            })
+            .post(move || {
+                let payment = payment.clone();
+                async move { Json(payment) }
+            }),
+        );
+    let api = FakeApi::start(routes).await;
+    let settings = Settings {
+        port: 0,
+        api_base_url: api.base_url.clone(),
+        stripe_publishable_key: stripe_js.map(|_| "pk_test_fake".to_owned()),
+        stripe_js_url: stripe_js
+            .unwrap_or(client::DEFAULT_STRIPE_JS_URL)
+            .to_owned(),
+        development: true,
+        limits: Default::default(),
+    };
+    let app = Application::build(settings).await.unwrap();
+    let app = testkit::start(app.port(), |stop| app.run_until(stop));
+    let page = app
+        .get(
+            &format!("/orders/{ORDER_ID}?payment=processing"),
+            Some(COOKIE),
+        )
+        .await;
+    drop(api);
+    page
+}
+
+#[tokio::test]
+async fn a_paid_order_awaiting_the_webhook_shows_processing_and_refreshes_itself() {
+    let payment = json!({"id": "x", "orderId": ORDER_ID, "status": "succeeded", "amount": 1250, "paymentIntentId": "pi_1"});
+    let page = order_page_with_payment(
+        "created",
+        payment,
+        Some("http://127.0.0.1:12111/js.stripe.com/v3/"),
+    )
+    .await;
+    page.assert_status(200);
+    assert!(page.text.contains("Processing…"), "{}", page.text);
+    assert!(
+        page.text
+            .contains("<meta http-equiv=\"refresh\" content=\"2\">")
+    );
+    assert!(!page.text.contains("data-client-secret"));
+}
+
+#[tokio::test]
+async fn with_a_stripe_js_elsewhere_the_csp_allows_exactly_that_origin() {
+    let payment = json!({"id": "x", "orderId": ORDER_ID, "status": "pending", "amount": 1250,
+                         "paymentIntentId": "pi_1", "clientSecret": "pi_1_secret_y"});
+    let page = order_page_with_payment(
+        "created",
+        payment.clone(),
+        Some("http://127.0.0.1:12111/js.stripe.com/v3/"),
+    )
+    .await;
+    // Back from Stripe.js, the webhook not landed yet: processing.
+    assert!(page.text.contains("Processing…"), "{}", page.text);
+    let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'self' http://127.0.0.1:12111;"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("connect-src 'self' http://127.0.0.1:12111;"),
+        "{csp}"
+    );
+    assert!(!csp.contains("js.stripe.com"), "{csp}");
+}
+
+#[tokio::test]
+async fn money_refunded_for_a_cancelled_order_shows_refunded() {
+    let payment = json!({"id": "x", "orderId": ORDER_ID, "status": "refunded", "amount": 1250, "paymentIntentId": "pi_1"});
+    let page = order_page_with_payment("cancelled", payment, None).await;
+    page.assert_status(200);
+    assert!(page.text.contains("<h2>Refunded</h2>"), "{}", page.text);
+    assert!(page.text.contains("refunded in full"));
+    assert!(!page.text.contains("http-equiv=\"refresh\""));
 }

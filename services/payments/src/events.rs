@@ -6,7 +6,12 @@
 //! - `order.created` inserts the order (a redelivery finds it there: ack);
 //! - `order.cancelled` marks it cancelled by the version rule of DESIGN §4:
 //!   applied at `version − 1`, acked as a duplicate at `version` or later,
-//!   retried later when the replica is missing or behind.
+//!   retried later when the replica is missing or behind. Then the order's
+//!   payment is closed ([`Settle::close`]): its open intent is cancelled at
+//!   Stripe, money that made it through is refunded. That runs for a
+//!   duplicate too, so a redelivery after a crash finishes the job (it is
+//!   idempotent); a Stripe outage leaves the payment `cancelling` for the
+//!   sweep rather than holding the event back.
 //!
 //! What payments tells the fleet (`payment.created`) leaves through the outbox
 //! of the payment document, see [`crate::store::payments`].
@@ -20,7 +25,10 @@ use common::{
 };
 use mongodb::bson::oid::ObjectId;
 
-use crate::store::{Order, Orders, VersionedUpdate};
+use crate::{
+    settle::Settle,
+    store::{Order, Orders, Payments, VersionedUpdate},
+};
 
 /// The durable consumer name of this service.
 pub const SERVICE: &str = "payments-service";
@@ -57,10 +65,25 @@ impl Listener for OrderCreatedListener {
     }
 }
 
-/// Marks the replica of an order cancelled.
+/// Marks the replica of an order cancelled and closes its payment.
 #[derive(Clone, Debug)]
 pub struct OrderCancelledListener {
     pub orders: Orders,
+    /// `None`: only the replica (tests of the version rule).
+    pub settle: Option<Settle>,
+}
+
+impl OrderCancelledListener {
+    async fn close_payment(&self, id: ObjectId) -> anyhow::Result<()> {
+        let Some(settle) = &self.settle else {
+            return Ok(());
+        };
+        let payments: &Payments = &settle.payments;
+        if let Some(payment) = payments.find_by_order(id).await? {
+            settle.close(&payment).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -75,10 +98,19 @@ impl Listener for OrderCancelledListener {
         Ok(match self.orders.cancel(id, event.version).await? {
             VersionedUpdate::Applied => {
                 tracing::info!("order cancelled");
+                self.close_payment(id).await?;
                 Handled::Ack
             }
             VersionedUpdate::Duplicate => {
-                tracing::debug!("stale or repeated order.cancelled; ignored");
+                tracing::debug!("stale or repeated order.cancelled");
+                if self
+                    .orders
+                    .find(id)
+                    .await?
+                    .is_some_and(|o| o.status == common::events::OrderStatus::Cancelled)
+                {
+                    self.close_payment(id).await?;
+                }
                 Handled::Ack
             }
             VersionedUpdate::Early => Handled::RetryLater(early_retry_delay(delivery.delivered)),

@@ -1,18 +1,25 @@
-//! The payments service: `/api/payments` — pay for an order with a card.
+//! The payments service: `/api/payments` — pay for an order with a card, on
+//! Stripe PaymentIntents.
 //!
-//! It keeps a replica of the orders it may charge for (fed by `order.created`
-//! and `order.cancelled`), charges cards through Stripe exactly once per order,
-//! stores one payment per order and announces it with `payment.created`, which
-//! the orders service turns into a completed order.
+//! It keeps a replica of the orders it may take money for (fed by
+//! `order.created` and `order.cancelled`), makes one PaymentIntent per order,
+//! ever, which the browser confirms with Stripe.js (3-D Secure included),
+//! learns the outcome from Stripe's signed webhooks, and announces a paid
+//! order with `payment.created`, which the orders service turns into a
+//! completed order. Money that arrives for a cancelled order is refunded;
+//! cancelling an order cancels its intent.
 //!
-//! - [`routes::payments`]: the route and its rules, in one place.
-//! - [`stripe`]: the Stripe gateway: one charge per order (idempotency key).
-//! - [`store`]: the order replica and the payments (unique per order, with
-//!   their event in the same write).
+//! - [`routes::payments`]: `POST` / `GET /api/payments`, in one place.
+//! - [`routes::webhook`]: `POST /api/payments/webhook` (signature, dedup).
+//! - [`settle`]: where the money ends — paid, refunded, or never taken.
+//! - [`stripe`]: the Stripe gateway, an idempotency key on every write.
+//! - [`store`]: the order replica, the payments (unique per order, success
+//!   written with its event), the handled Stripe events.
 //! - [`events`]: the two listeners that keep the replica current.
 
 pub mod events;
 pub mod routes;
+pub mod settle;
 pub mod store;
 pub mod stripe;
 
@@ -22,7 +29,7 @@ use common::{
     config::{ConfigError, Env, Secret},
     health::{self, Ready},
     mongo, openapi,
-    outbox::{Outbox, Relay},
+    outbox::Relay,
     server,
     session::Sessions,
 };
@@ -33,6 +40,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     events::{OrderCancelledListener, OrderCreatedListener, SERVICE},
+    settle::Settle,
     store::{Orders, Payments},
     stripe::Stripe,
 };
@@ -45,8 +53,11 @@ pub struct Settings {
     pub jwt_key: Secret,
     /// Stripe's secret key (`sk_…`).
     pub stripe_key: Secret,
+    /// The signing secret of the webhook endpoint (`whsec_…`,
+    /// `STRIPE_WEBHOOK_SECRET`).
+    pub webhook_secret: Secret,
     /// Where the Stripe API is; `None` is Stripe's real API. Tests and the local
-    /// fleet point it at `stripe-stateful-mock` (plain http is fine).
+    /// fleet point it at the devstack Stripe fake (plain http is fine).
     pub stripe_api_base: Option<String>,
     /// NATS JetStream (from `NATS_URL`).
     pub bus: BusConfig,
@@ -77,6 +88,7 @@ impl Settings {
             mongo_uri: env.required("MONGO_URI")?,
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             stripe_key: Secret::new(env.required("STRIPE_KEY")?),
+            webhook_secret: Secret::new(env.required("STRIPE_WEBHOOK_SECRET")?),
             stripe_api_base,
             bus: BusConfig::from_env(env)?.with_connection_name("payments"),
             development: env.development(),
@@ -92,9 +104,9 @@ pub struct AppState {
     pub db: Database,
     pub orders: Orders,
     pub payments: Payments,
-    pub stripe: Stripe,
-    /// Wakes the outbox relay after a payment is stored.
-    pub outbox: Outbox,
+    /// Stripe, the outbox and the moves that settle a payment.
+    pub settle: Settle,
+    pub webhook_secret: Secret,
     pub bus: Bus,
     pub sessions: Sessions,
 }
@@ -130,9 +142,10 @@ pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::document(
         "payments",
         env!("CARGO_PKG_VERSION"),
-        "Ticketing's payments: pay for an order with a card, charged through Stripe exactly once.",
+        "Ticketing's payments: one Stripe PaymentIntent per order, signed webhooks, refunds of late money.",
     ))
     .merge(routes::payments::router())
+    .merge(routes::webhook::router())
 }
 
 /// A built service, bound to its port and ready to run.
@@ -141,6 +154,7 @@ pub struct Application {
     router: Router,
     bus: Bus,
     orders: Orders,
+    settle: Settle,
     /// `None` when [`Settings::outbox_relay`] is off.
     relay: Option<Relay>,
 }
@@ -155,15 +169,21 @@ impl Application {
         payments.ensure_indexes().await?;
         let bus = Bus::connect(settings.bus.clone()).await?;
         let (relay, outbox) = Relay::new(bus.clone(), payments.outbox_collection());
-        let state = AppState {
-            db,
+        let settle = Settle {
+            payments: payments.clone(),
             orders: orders.clone(),
-            payments,
             stripe: Stripe::new(
                 settings.stripe_key.expose(),
                 settings.stripe_api_base.as_deref(),
             )?,
             outbox,
+        };
+        let state = AppState {
+            db,
+            orders: orders.clone(),
+            payments,
+            settle: settle.clone(),
+            webhook_secret: settings.webhook_secret.clone(),
             bus: bus.clone(),
             sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
         };
@@ -173,6 +193,7 @@ impl Application {
             router: settings.limits.apply(app(state)),
             bus,
             orders,
+            settle,
             relay: settings.outbox_relay.then_some(relay),
         })
     }
@@ -184,19 +205,22 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves requests, consumes order events and relays the outbox until
-    /// `shutdown` is cancelled; then drains and stops.
+    /// Serves requests, consumes order events, relays the outbox and sweeps
+    /// half-done refunds and cancels until `shutdown` is cancelled; then
+    /// drains and stops.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "payments listening");
         let mut background = JoinSet::new();
         if let Some(relay) = self.relay {
             background.spawn(relay.run(shutdown.clone()));
         }
+        background.spawn(self.settle.clone().sweep(shutdown.clone()));
         let created = OrderCreatedListener {
             orders: self.orders.clone(),
         };
         let cancelled = OrderCancelledListener {
             orders: self.orders,
+            settle: Some(self.settle),
         };
         for listener in [
             self.bus.listen(SERVICE, created, shutdown.clone()).await?,

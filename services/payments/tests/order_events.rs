@@ -37,6 +37,7 @@ async fn created(orders: &Orders, id: ObjectId, version: i64, user: &str, price:
 async fn cancelled(orders: &Orders, id: ObjectId, version: i64) -> Handled {
     OrderCancelledListener {
         orders: orders.clone(),
+        settle: None,
     }
     .handle(
         order_cancelled_event(id, version),

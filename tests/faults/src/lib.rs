@@ -867,11 +867,18 @@ async fn check(
         }
     }
 
-    // Stripe: one successful charge per paid order, none for any other.
+    // Stripe: one successful charge per paid order, none for any other; money
+    // that arrived for a cancelled order refunded, exactly once.
     match charges(stack).await {
         Ok(charges) => {
             let mut per_order: HashMap<String, usize> = HashMap::new();
-            for order in charges {
+            for (order, refunded) in charges {
+                if refunded {
+                    if paid_orders.contains(&order) {
+                        problems.push(format!("paid order {order} was refunded"));
+                    }
+                    continue;
+                }
                 *per_order.entry(order).or_default() += 1;
             }
             verdict.charges = per_order.values().sum();
@@ -890,6 +897,24 @@ async fn check(
             }
         }
         Err(error) => problems.push(format!("listing Stripe charges: {error}")),
+    }
+    match stripe_list(stack, "refunds").await {
+        Ok(refunds) => {
+            let mut per_intent: HashMap<String, usize> = HashMap::new();
+            for refund in refunds {
+                let intent = refund["payment_intent"]
+                    .as_str()
+                    .unwrap_or("<none>")
+                    .to_owned();
+                *per_intent.entry(intent).or_default() += 1;
+            }
+            for (intent, n) in per_intent {
+                if n > 1 {
+                    problems.push(format!("intent {intent} was refunded {n} times"));
+                }
+            }
+        }
+        Err(error) => problems.push(format!("listing Stripe refunds: {error}")),
     }
 
     if order_unordered && problems.is_empty() {
@@ -930,14 +955,32 @@ async fn check(
 }
 
 /// The order id (`metadata[orderId]`) of every successful charge at the
-/// Stripe fake.
-async fn charges(stack: &Stack) -> Result<Vec<String>, String> {
+/// Stripe fake, and whether it was refunded.
+async fn charges(stack: &Stack) -> Result<Vec<(String, bool)>, String> {
+    Ok(stripe_list(stack, "charges")
+        .await?
+        .into_iter()
+        .filter(|charge| charge["status"] == "succeeded")
+        .map(|charge| {
+            (
+                charge["metadata"]["orderId"]
+                    .as_str()
+                    .unwrap_or("<no orderId>")
+                    .to_owned(),
+                charge["refunded"] == true,
+            )
+        })
+        .collect())
+}
+
+/// Every object of a Stripe list (`charges`, `refunds`) of the fleet's account.
+async fn stripe_list(stack: &Stack, what: &str) -> Result<Vec<Value>, String> {
     let base = stack.infra().stripe_api_base().ok_or("no Stripe fake")?;
     let http = reqwest::Client::new();
-    let mut orders = Vec::new();
+    let mut objects = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let mut url = format!("{base}/v1/charges?limit=100");
+        let mut url = format!("{base}/v1/{what}?limit=100");
         if let Some(after) = &after {
             url.push_str(&format!("&starting_after={after}"));
         }
@@ -953,22 +996,13 @@ async fn charges(stack: &Stack) -> Result<Vec<String>, String> {
         let data = page["data"]
             .as_array()
             .ok_or_else(|| format!("not a list: {page}"))?;
-        for charge in data {
-            if charge["status"] == "succeeded" {
-                orders.push(
-                    charge["metadata"]["orderId"]
-                        .as_str()
-                        .unwrap_or("<no orderId>")
-                        .to_owned(),
-                );
-            }
-        }
+        objects.extend(data.iter().cloned());
         after = data
             .last()
             .and_then(|c| c["id"].as_str())
             .map(str::to_owned);
         if page["has_more"] != true || after.is_none() {
-            return Ok(orders);
+            return Ok(objects);
         }
     }
 }

@@ -527,7 +527,7 @@ async fn unknown_paths_and_methods_under_the_api_are_a_json_404() {
         ("DELETE", "/api/tickets/64b7f0c2a1b2c3d4e5f60718"),
         ("GET", "/api/users/signup"),
         ("PUT", "/api/orders"),
-        ("GET", "/api/payments"),
+        ("PUT", "/api/payments"),
         ("GET", "/api/tickets/64b7f0c2a1b2c3d4e5f60718/extra"),
         ("BREW", "/api/tickets"),
         ("GET", "/api/orders/../users/currentuser"),

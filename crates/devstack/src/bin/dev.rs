@@ -46,12 +46,13 @@ commands:
                                  a skipped service's routes still go to its port, so you can
                                  run your own there (e.g. another client on / )
   infra -- <command> [args...]   run a command against ephemeral infrastructure (make test)
-  fleet [--expiration-window S] [--only a,b] [--skip a,b] -- <command> [args...]
+  fleet [--expiration-window S] [--only a,b] [--skip a,b] [--stripe-js] -- <command> [args...]
                                  run a command against the whole fleet on free ports behind
                                  an ingress, with ephemeral infrastructure (browser tests);
                                  the command gets BASE_URL (the ingress), <SERVICE>_URL (each
                                  service's own port, e.g. AUTH_URL), the TEST_* variables
-                                 and EXPIRATION_WINDOW_SECONDS
+                                 and EXPIRATION_WINDOW_SECONDS; --stripe-js: the order page
+                                 pays with the Stripe fake's Stripe.js, not the test card
   where                          the checkout, its .dev/ and the MongoDB-wire server it runs
   help                           this text
 
@@ -59,7 +60,9 @@ environment (dev up):
   INGRESS_PORT (8080)  DEV_NATS_PORT (4232)  DEV_NATS_MONITOR_PORT (8232)
   DEV_MONGO_PORT (27027)  DEV_REDIS_PORT (6389)  DEV_STRIPE_PORT (12111)
   DEV_SERVICE_PORT_BASE (3001)  JWT_KEY (else .dev/jwt_key)
-  STRIPE_KEY, STRIPE_API_BASE (unset: a fake key and the local Stripe fake)
+  STRIPE_KEY, STRIPE_API_BASE (unset: a fake key and the local Stripe fake,
+  whose Stripe.js the order page uses; its webhooks go to the ingress)
+  STRIPE_WEBHOOK_SECRET (else .dev/stripe_webhook_secret)
   EXPIRATION_WINDOW_SECONDS, RUST_LOG are passed to the services
   (and every other variable a service reads: `<service> --print-env`)
 environment of the ingress (dev up, dev fleet):
@@ -253,6 +256,8 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         ),
     }
     let service_port_base = env_port("DEV_SERVICE_PORT_BASE", 3001)?;
+    let webhook_secret =
+        fleet::load_or_create_webhook_secret(&paths::dev_dir().join("stripe_webhook_secret"))?;
     let infra_options = InfraOptions {
         data_dir: Some(paths::dev_data_dir()),
         nats_port: Some(env_port("DEV_NATS_PORT", 4232)?),
@@ -261,6 +266,12 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         redis_port: Some(env_port("DEV_REDIS_PORT", 6389)?),
         stripe: start_stripe_fake,
         stripe_port: Some(env_port("DEV_STRIPE_PORT", 12111)?),
+        // The fake's events go to payments through the ingress, as Stripe's
+        // would reach the public webhook route.
+        stripe_webhook: start_stripe_fake.then(|| devstack::WebhookTarget {
+            url: format!("http://127.0.0.1:{ingress_port}/api/payments/webhook"),
+            secret: webhook_secret.clone(),
+        }),
         output: out.clone(),
         ready_timeout: Duration::from_secs(60),
         stop_grace: Duration::from_secs(10),
@@ -311,18 +322,35 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
             ports: port_plan,
             replicas: args.replicas,
             // The stream on every node of a cluster, as in production.
-            env: if args.nats_nodes > 1 {
-                vec![(
-                    "NATS_STREAM_REPLICAS".to_owned(),
-                    args.nats_nodes.to_string(),
-                )]
-            } else {
-                Vec::new()
+            env: {
+                let mut env = Vec::new();
+                if args.nats_nodes > 1 {
+                    env.push((
+                        "NATS_STREAM_REPLICAS".to_owned(),
+                        args.nats_nodes.to_string(),
+                    ));
+                }
+                if let Some(stripe) = infra.stripe_fake()
+                    && env_nonempty("STRIPE_JS_URL").is_none()
+                {
+                    env.push((
+                        "STRIPE_JS_URL".to_owned(),
+                        format!("{}/js.stripe.com/v3/", stripe.base_url()),
+                    ));
+                }
+                env
             },
             jwt_key: fleet::load_or_create_jwt_key(&paths::dev_dir().join("jwt_key"))?,
             stripe_key: stripe_key
                 .clone()
                 .unwrap_or_else(|| FAKE_STRIPE_KEY.to_owned()),
+            stripe_webhook_secret: webhook_secret.clone(),
+            // With the local fake, the order page pays with its Stripe.js.
+            stripe_publishable_key: env_nonempty("STRIPE_PUBLISHABLE_KEY").or_else(|| {
+                start_stripe_fake
+                    .then(|| fleet::fake_publishable_key(FAKE_STRIPE_KEY))
+                    .flatten()
+            }),
             api_base_url: Some(api_base_url.clone()),
             output: out.clone(),
             ready_timeout: Duration::from_secs(60),
@@ -586,6 +614,7 @@ fn exit_code(status: ExitStatus) -> ExitCode {
 
 struct FleetArgs {
     expiration_window: Option<u64>,
+    stripe_js: bool,
     only: Option<Vec<String>>,
     skip: Vec<String>,
     command: Vec<String>,
@@ -594,6 +623,7 @@ struct FleetArgs {
 fn parse_fleet_args(args: &[String]) -> anyhow::Result<FleetArgs> {
     let mut parsed = FleetArgs {
         expiration_window: None,
+        stripe_js: false,
         only: None,
         skip: Vec::new(),
         command: Vec::new(),
@@ -621,6 +651,7 @@ fn parse_fleet_args(args: &[String]) -> anyhow::Result<FleetArgs> {
                 })?);
             }
             "--only" => parsed.only = Some(list(value(args.next())?)),
+            "--stripe-js" => parsed.stripe_js = true,
             "--skip" => parsed.skip.extend(list(value(args.next())?)),
             "--" => {
                 parsed.command = args.cloned().collect();
@@ -661,10 +692,11 @@ async fn fleet_command(args: &[String]) -> anyhow::Result<ExitCode> {
 
     let mut shutdown = shutdown_signal()?;
     let stack = tokio::select! {
-        stack = devstack::Stack::start_with(
-            devstack::StackOptions::new(&names, &env)
-                .with_ingress(devstack::ingress::IngressOptions::from_env()?),
-        )
+        stack = devstack::Stack::start_with(devstack::StackOptions {
+            stripe_js: args.stripe_js,
+            ..devstack::StackOptions::new(&names, &env)
+                .with_ingress(devstack::ingress::IngressOptions::from_env()?)
+        })
             => stack.context("the fleet did not start")?,
         () = shutdown.recv() => return Ok(ExitCode::from(130)),
     };

@@ -3,17 +3,30 @@
 //!
 //! The countdown is rendered on the server (seconds left, so the browser's
 //! clock does not matter) and ticks in the browser (`app.js`); when it runs
-//! out the page says "Order expired". Paying posts a card token to
-//! `/orders/{id}/pay`, which calls `POST /api/payments` and goes to
-//! "My orders". With `STRIPE_PUBLISHABLE_KEY` the token comes from Stripe.js;
-//! without it the page offers "Pay with test card", which sends `tok_visa`.
+//! out the page says "Order expired".
+//!
+//! With `STRIPE_PUBLISHABLE_KEY` the page asks payments for the order's
+//! PaymentIntent (`POST /api/payments {orderId}`) and mounts Stripe.js's Card
+//! Element; `confirmCardPayment` with the intent's client secret runs 3-D
+//! Secure when the bank asks, then comes back to `?payment=processing`, where
+//! the page says `Processing…` and refreshes itself (a meta refresh: no
+//! JavaScript needed) until Stripe's webhook has completed the order: `Paid`.
+//! A payment that arrived after the order was cancelled shows `Refunded`.
+//! (The Card Element, which Stripe still supports, rather than the Payment
+//! Element: the Payment Element is served by Stripe only, so it cannot be
+//! exercised offline, while the devstack fake's Stripe.js fakes the Card
+//! Element and `confirmCardPayment`.)
+//!
+//! Without a publishable key (local development) the page offers "Pay with
+//! test card", which posts `tok_visa` to `/orders/{id}/pay`: payments confirms
+//! the intent server-side, as the original client's body asks.
 
 use std::sync::Arc;
 
 use askama::Template;
 use axum::{
     Router,
-    extract::State,
+    extract::{Query, State},
     http::StatusCode,
     response::Response,
     routing::{get, post},
@@ -25,7 +38,7 @@ use serde::Deserialize;
 use super::{PageId, current_user, form_errors, not_yours, require};
 use crate::{
     AppState,
-    api::{ObjectId, Order, OrderStatus, User, Visitor},
+    api::{ObjectId, Order, OrderStatus, Payment, User, Visitor},
     pages::{FormErrors, Layout, Notice, PageError, PageForm, render, see_other},
 };
 
@@ -66,11 +79,22 @@ struct OrderPage {
     seconds_left: i64,
     phase: Phase,
     stripe_key: Option<Arc<str>>,
+    stripe_js_url: Arc<str>,
+    payment: Option<Payment>,
+    /// Back from Stripe.js with the payment confirmed.
+    returned: bool,
     errors: FormErrors,
 }
 
 impl OrderPage {
-    fn new(user: User, order: Order, stripe_key: Option<Arc<str>>, errors: Vec<ErrorItem>) -> Self {
+    fn new(
+        user: User,
+        order: Order,
+        state: &AppState,
+        payment: Option<Payment>,
+        errors: Vec<ErrorItem>,
+    ) -> Self {
+        let stripe_key = state.stripe_publishable_key.clone();
         let seconds_left = (order.expires_at - Utc::now()).num_seconds().max(0);
         let phase = match order.status {
             OrderStatus::Complete => Phase::Complete,
@@ -84,8 +108,51 @@ impl OrderPage {
             seconds_left,
             phase,
             stripe_key,
+            stripe_js_url: state.stripe_js_url.clone(),
+            payment,
+            returned: false,
             errors: FormErrors::new(&[], errors),
         }
+    }
+
+    fn payment_status(&self) -> &str {
+        self.payment.as_ref().map_or("", |p| p.status.as_str())
+    }
+
+    /// Paid at Stripe (or just confirmed there), not yet complete here: the
+    /// webhook has not landed.
+    fn is_processing(&self) -> bool {
+        self.phase == Phase::Open
+            && (self.payment_status() == "succeeded"
+                || (self.returned && self.payment_status() == "pending"))
+    }
+
+    /// Money that arrived for the cancelled order, given back (or on its way
+    /// back: `succeeded` on a cancelled order is refunded at once).
+    fn is_refunded(&self) -> bool {
+        matches!(self.phase, Phase::Expired | Phase::Cancelled)
+            && matches!(self.payment_status(), "refunded" | "succeeded")
+    }
+
+    fn refund_done(&self) -> bool {
+        self.payment_status() == "refunded"
+    }
+
+    /// The intent's client secret, for Stripe.js.
+    fn client_secret(&self) -> Option<&str> {
+        self.payment.as_ref()?.client_secret.as_deref()
+    }
+
+    fn uses_stripe_js(&self) -> bool {
+        self.is_open() && !self.is_processing() && self.client_secret().is_some()
+    }
+
+    /// Refresh by itself: while processing, while a refund is on its way, and
+    /// while payments has not got the order yet.
+    fn refreshes(&self) -> bool {
+        self.is_processing()
+            || (self.is_refunded() && !self.refund_done())
+            || (self.is_open() && self.stripe_key.is_some() && self.client_secret().is_none())
     }
 
     fn is_open(&self) -> bool {
@@ -133,11 +200,47 @@ async fn index(
     Ok(render(StatusCode::OK, &page))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ShowQuery {
+    /// `processing`: back from Stripe.js.
+    payment: Option<String>,
+}
+
+/// The order's payment as the page needs it: with the intent (created on
+/// first view) while the order can be paid by Stripe.js, else what there is.
+/// A payment that cannot be read is shown as none (the page still works).
+async fn payment_for(
+    state: &AppState,
+    visitor: &Visitor,
+    order: &Order,
+    id: &ObjectId,
+) -> Option<Payment> {
+    let open = matches!(
+        order.status,
+        OrderStatus::Created | OrderStatus::AwaitingPayment
+    ) && order.expires_at > Utc::now();
+    let found = if open && state.stripe_publishable_key.is_some() {
+        match state.api.open_payment(visitor, id).await {
+            Ok(payment) => Ok(Some(payment)),
+            // Already paid (or payments has not got the order yet: 404).
+            Err(_) => state.api.payment(visitor, id).await,
+        }
+    } else {
+        state.api.payment(visitor, id).await
+    };
+    found.unwrap_or_else(|error| {
+        tracing::warn!(error = %error, "the order's payment could not be read");
+        None
+    })
+}
+
 async fn show(
     State(state): State<AppState>,
     visitor: Visitor,
     PageId(id): PageId,
     notice: Notice,
+    Query(query): Query<ShowQuery>,
 ) -> Result<Response, PageError> {
     let user = require(current_user(&state, &visitor).await?)?;
     let order = state
@@ -145,12 +248,9 @@ async fn show(
         .order(&visitor, &id)
         .await
         .map_err(|e| not_yours(e, NOT_YOUR_ORDER))?;
-    let mut page = OrderPage::new(
-        user,
-        order,
-        state.stripe_publishable_key.clone(),
-        Vec::new(),
-    );
+    let payment = payment_for(&state, &visitor, &order, &id).await;
+    let mut page = OrderPage::new(user, order, &state, payment, Vec::new());
+    page.returned = query.payment.as_deref() == Some("processing");
     page.layout = page.layout.with_notice(notice);
     Ok(render(StatusCode::OK, &page))
 }
@@ -225,6 +325,7 @@ async fn refused(
         .order(visitor, id)
         .await
         .map_err(|e| not_yours(e, NOT_YOUR_ORDER))?;
-    let page = OrderPage::new(user, order, state.stripe_publishable_key.clone(), errors);
+    let payment = payment_for(state, visitor, &order, id).await;
+    let page = OrderPage::new(user, order, state, payment, errors);
     Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page))
 }

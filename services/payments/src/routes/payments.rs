@@ -1,19 +1,30 @@
-//! `POST /api/payments`: pay for an order with a card token.
+//! `POST /api/payments` and `GET /api/payments?orderId=`: the order's one
+//! PaymentIntent.
 //!
-//! The checks, in the original app's order: signed in; `token` and `orderId`
-//! present (one error per missing field); the order exists (404), is the
-//! caller's (401), is not cancelled and not already paid (400). Then Stripe is
-//! charged the order's exact price in cents, in USD, with the order id as the
-//! idempotency key, and the payment is stored with its `payment.created` event
-//! in one write.
+//! `POST {orderId}` — the checks, in the original app's order: signed in;
+//! `orderId` present; the order exists (404), is the caller's (401), is not
+//! cancelled and not already paid (400). Then the order's payment document is
+//! opened (one per order, by a unique index) and, if it has no intent yet,
+//! Stripe is asked for one with a key derived from the order: however many
+//! requests race on however many replicas, Stripe makes one intent and every
+//! request stores or finds that one. 201 when this request stored it, 200
+//! when it was there; the answer carries the `clientSecret` the browser
+//! confirms it with (Stripe.js, 3-D Secure included). The outcome arrives by
+//! webhook ([`super::webhook`]).
 //!
-//! Paying twice — a double click, two tabs — charges once: both requests reach
-//! Stripe with the same key and get the same charge back; the unique index on
-//! `orderId` then lets one of them record it (201) and the other learns that
-//! the order is already paid (400). If Stripe is unreachable or fails, the
-//! answer is a 502 and nothing is recorded; the buyer can simply try again.
+//! `POST {token, orderId}` — the original client's body: the same intent,
+//! confirmed here with a payment method made from the card token. Success is
+//! recorded at once (the webhook that follows is then a duplicate); a
+//! declined card is a 400 with Stripe's message, a card that needs 3-D Secure
+//! a 400 that sends the buyer to the order page; both leave the order payable.
+//!
+//! If Stripe is unreachable or fails, the answer is a 502 and the payment
+//! stays as it was; trying again reuses the keys, so nothing is charged twice.
 
-use axum::{extract::State, http::StatusCode};
+use axum::{
+    extract::{Query, State},
+    http::StatusCode,
+};
 use common::{
     Error, Result,
     error::{ErrorBody, ErrorItem, Json},
@@ -24,28 +35,30 @@ use common::{
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     AppState,
-    store::{InsertError, Payment},
-    stripe::{ChargeError, ChargeRequest},
+    settle::Succeeded,
+    store::{Order, Payment, PaymentStatus},
+    stripe::{Intent, StripeError},
 };
 
-/// The route and its OpenAPI description (see `common::openapi`).
+/// The routes and their OpenAPI description (see `common::openapi`).
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create))
+    OpenApiRouter::new().routes(routes!(create, list))
 }
 
-/// `{token, orderId}`, read loosely so that a missing or mistyped field is a
-/// validation error on that field.
+/// `{orderId}` or `{token, orderId}`, read loosely so that a missing or
+/// mistyped field is a validation error on that field.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct NewPayment {
-    /// A Stripe card token (`tok_visa` in test mode).
+    /// Optional: a legacy Stripe card token (`tok_visa` in test mode) to
+    /// confirm the order's intent with, server-side.
     #[serde(default)]
-    #[schema(value_type = String, required = true, example = "tok_visa")]
+    #[schema(value_type = Option<String>, example = "tok_visa")]
     token: Value,
     /// The order to pay for.
     #[serde(default)]
@@ -54,19 +67,24 @@ struct NewPayment {
 }
 
 impl NewPayment {
-    /// The card token and the order id, or one error per bad field.
-    fn validate(self) -> Result<(String, ObjectId)> {
-        let token = self.token.as_str().map(str::trim).filter(|t| !t.is_empty());
+    /// The order id and the card token if one was given, or one error per
+    /// bad field.
+    fn validate(self) -> Result<(Option<String>, ObjectId)> {
+        let token = match &self.token {
+            Value::Null => Ok(None),
+            Value::String(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_owned())),
+            _ => Err(ErrorItem::field("token", "Token must be provided")),
+        };
         let order_id = self
             .order_id
             .as_str()
             .and_then(|id| ObjectId::parse_str(id.trim()).ok());
         match (token, order_id) {
-            (Some(token), Some(order_id)) => Ok((token.to_owned(), order_id)),
+            (Ok(token), Some(order_id)) => Ok((token, order_id)),
             (token, order_id) => {
                 let mut errors = Vec::new();
-                if token.is_none() {
-                    errors.push(ErrorItem::field("token", "Token must be provided"));
+                if let Err(item) = token {
+                    errors.push(item);
                 }
                 if order_id.is_none() {
                     errors.push(ErrorItem::field("orderId", "OrderId must be provided"));
@@ -77,17 +95,59 @@ impl NewPayment {
     }
 }
 
-/// The created payment, as the original app answered it.
+/// A payment as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 #[schema(as = Payment)]
-struct Created {
+pub struct PaymentView {
     #[schema(value_type = openapi::ObjectId)]
     id: String,
+    #[schema(value_type = openapi::ObjectId)]
+    order_id: String,
+    /// `pending`, `succeeded`, `refunded` or `cancelled`.
+    #[schema(example = "pending")]
+    status: &'static str,
+    /// In cents.
+    amount: i64,
+    /// The order's PaymentIntent (`pi_…`).
+    payment_intent_id: Option<String>,
+    /// What Stripe.js confirms the intent with; only while it is payable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+    /// Why the last attempt failed, for the buyer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+impl From<&Payment> for PaymentView {
+    fn from(payment: &Payment) -> Self {
+        let open = payment.status == PaymentStatus::Pending;
+        Self {
+            id: payment.id.to_hex(),
+            order_id: payment.order_id.to_hex(),
+            status: payment.status.public(),
+            amount: payment.amount.cents(),
+            payment_intent_id: payment.payment_intent_id.clone(),
+            client_secret: open.then(|| payment.client_secret.clone()).flatten(),
+            last_error: open.then(|| payment.last_error.clone()).flatten(),
+        }
+    }
 }
 
 const ALREADY_PAID: &str = "Order is already paid";
+const CANCELLED: &str = "Cannot pay for a cancelled order";
+const UNAVAILABLE: &str = "The payment provider is unavailable; please try again later";
+const NEEDS_AUTHENTICATION: &str =
+    "This card needs 3-D Secure authentication; please pay on the order page";
 
-/// `POST /api/payments` — 201 `{id}`.
+fn unavailable(source: anyhow::Error) -> Error {
+    Error::Upstream {
+        message: UNAVAILABLE.to_owned(),
+        source,
+    }
+}
+
+/// `POST /api/payments` — 201/200 the order's payment with its intent.
 #[utoipa::path(
     post,
     path = "/api/payments",
@@ -95,12 +155,13 @@ const ALREADY_PAID: &str = "Order is already paid";
     security(("session" = []), ("bearer" = [])),
     request_body = NewPayment,
     responses(
-        (status = 201, description = "Charged and recorded; the order completes shortly", body = Created),
-        (status = 400, description = "`Token must be provided`, `OrderId must be provided` (per field), `Cannot pay for a cancelled order`, `Order is already paid`, a declined card (Stripe's message), or a body that is not the JSON expected", body = ErrorBody),
+        (status = 200, description = "The order's existing PaymentIntent", body = PaymentView),
+        (status = 201, description = "The order's PaymentIntent was created (with `token`: confirmed and paid; the order completes shortly)", body = PaymentView),
+        (status = 400, description = "`OrderId must be provided`, `Token must be provided` (per field), `Cannot pay for a cancelled order`, `Order is already paid`, a declined card (Stripe's message), a card that needs 3-D Secure, or a body that is not the JSON expected", body = ErrorBody),
         (status = 401, description = "Not signed in, or someone else's order", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 502, description = "The payment provider is unavailable; nothing was charged or recorded", body = ErrorBody),
+        (status = 502, description = "The payment provider is unavailable; nothing was charged twice, try again", body = ErrorBody),
     ),
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
@@ -108,7 +169,7 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Json(body): Json<NewPayment>,
-) -> Result<(StatusCode, Json<Created>)> {
+) -> Result<(StatusCode, Json<PaymentView>)> {
     let (token, order_id) = body.validate()?;
 
     let order = state.orders.find(order_id).await?.ok_or(Error::NotFound)?;
@@ -116,85 +177,172 @@ async fn create(
         return Err(Error::NotAuthorized);
     }
     if order.status == OrderStatus::Cancelled {
-        return Err(Error::bad_request("Cannot pay for a cancelled order"));
+        return Err(Error::bad_request(CANCELLED));
     }
-    if state.payments.find_by_order(order_id).await?.is_some() {
-        return Err(Error::bad_request(ALREADY_PAID));
+    if let Some(payment) = state.payments.find_by_order(order_id).await? {
+        check_payable(&payment)?;
     }
 
-    let order_hex = order_id.to_hex();
-    let charge = state
-        .stripe
-        .charge(ChargeRequest {
-            amount: order.price,
-            token: &token,
-            idempotency_key: &order.idempotency_key(),
-            order_id: &order_hex,
-        })
-        .await;
-    let stripe_id = match charge {
-        Ok(stripe_id) => stripe_id,
-        Err(ChargeError::Refused(message)) => {
-            tracing::info!(order_id = %order_hex, reason = %message, "charge refused");
-            // The order stays payable: the next attempt (another card) gets a
-            // new idempotency key instead of Stripe's stored decline.
-            state.orders.record_decline(&order).await?;
-            return Err(Error::BadRequest(message));
-        }
-        Err(ChargeError::InProgress) => {
-            return Err(paid_or(
-                &state,
-                order_id,
-                "A payment for this order is already in progress",
-            )
-            .await);
-        }
-        Err(ChargeError::KeyReused(_)) => {
-            return Err(paid_or(
-                &state,
-                order_id,
-                "A payment for this order was already attempted with another card",
-            )
-            .await);
-        }
-        Err(ChargeError::Unavailable(source)) => {
-            return Err(Error::Upstream {
-                message: "The payment provider is unavailable; please try again later".to_owned(),
-                source,
-            });
-        }
+    let (payment, created) = ensure_intent(&state, &order).await?;
+    let Some(token) = token else {
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((status, Json(PaymentView::from(&payment))));
     };
-
-    let payment = Payment {
-        id: ObjectId::new(),
-        order_id,
-        stripe_id,
-    };
-    match state.payments.insert(&payment).await {
-        Ok(()) => {}
-        // Lost the race with a concurrent submit that got the same charge.
-        Err(InsertError::AlreadyPaid) => return Err(Error::bad_request(ALREADY_PAID)),
-        Err(InsertError::Other(err)) => return Err(err.into()),
-    }
-    state.outbox.wake(payment.id);
-    tracing::info!(payment_id = %payment.id, order_id = %order_hex, stripe_id = %payment.stripe_id, "order paid");
-    Ok((
-        StatusCode::CREATED,
-        Json(Created {
-            id: payment.id.to_hex(),
-        }),
-    ))
+    confirm_with_token(&state, &order, payment, &token).await
 }
 
-/// After Stripe refused to reuse the order's idempotency key: `Order is
-/// already paid` if a concurrent submit has recorded it meanwhile, else
-/// `message`.
-async fn paid_or(state: &AppState, order_id: ObjectId, message: &str) -> Error {
-    match state.payments.find_by_order(order_id).await {
-        Ok(Some(_)) => Error::bad_request(ALREADY_PAID),
-        Ok(None) => Error::bad_request(message),
-        Err(err) => err.into(),
+/// 400 unless the payment can still be paid.
+fn check_payable(payment: &Payment) -> Result<()> {
+    match payment.status {
+        PaymentStatus::Pending => Ok(()),
+        PaymentStatus::Succeeded => Err(Error::bad_request(ALREADY_PAID)),
+        _ => Err(Error::bad_request(CANCELLED)),
     }
+}
+
+/// The order's payment with its intent; `true` when this call stored the
+/// intent.
+async fn ensure_intent(state: &AppState, order: &Order) -> Result<(Payment, bool)> {
+    let (payment, _) = state
+        .payments
+        .open(&Payment::new(order.id, &order.user_id, order.price))
+        .await?;
+    check_payable(&payment)?;
+    if payment.payment_intent_id.is_some() {
+        return Ok((payment, false));
+    }
+    let order_hex = order.id.to_hex();
+    let intent = match state
+        .settle
+        .stripe
+        .create_intent(&order_hex, order.price)
+        .await
+    {
+        Ok(intent) => intent,
+        Err(StripeError::Refused { message, .. }) => return Err(Error::BadRequest(message)),
+        Err(StripeError::Unavailable(source)) => return Err(unavailable(source)),
+        Err(err) => return Err(unavailable(err.into())),
+    };
+    let (payment, stored) = state
+        .payments
+        .attach_intent(payment.id, &intent.id, intent.client_secret.as_deref())
+        .await?;
+    if payment.status != PaymentStatus::Pending {
+        // The order was cancelled while Stripe answered: close what we opened.
+        state.settle.close(&payment).await?;
+        return Err(Error::bad_request(CANCELLED));
+    }
+    Ok((payment, stored))
+}
+
+/// The legacy body: confirm the intent with the token's card, server-side.
+async fn confirm_with_token(
+    state: &AppState,
+    order: &Order,
+    payment: Payment,
+    token: &str,
+) -> Result<(StatusCode, Json<PaymentView>)> {
+    let order_hex = order.id.to_hex();
+    let Some(intent_id) = payment.payment_intent_id.clone() else {
+        return Err(anyhow::anyhow!("a payment without its intent").into());
+    };
+    let confirmed = state
+        .settle
+        .stripe
+        .confirm_with_token(&order_hex, &intent_id, token, order.declined_attempts)
+        .await;
+    let intent: Intent = match confirmed {
+        Ok(intent) => intent,
+        Err(StripeError::Refused { message, .. }) => {
+            tracing::info!(order_id = %order_hex, reason = %message, "card refused");
+            // The order stays payable: the next attempt (another card) gets
+            // new idempotency keys instead of Stripe's stored decline.
+            state.orders.record_decline(order).await?;
+            state.payments.record_failure(payment.id, &message).await?;
+            return Err(Error::BadRequest(message));
+        }
+        Err(StripeError::UnexpectedState { .. }) => {
+            // Paid or cancelled meanwhile (another tab, the webhook).
+            return Err(match state.payments.find(payment.id).await? {
+                Some(current) => check_payable(&current)
+                    .err()
+                    .unwrap_or_else(|| Error::bad_request(ALREADY_PAID)),
+                None => Error::bad_request(ALREADY_PAID),
+            });
+        }
+        Err(StripeError::KeyReused(message)) => {
+            return Err(unavailable(anyhow::anyhow!(
+                "idempotency key reused: {message}"
+            )));
+        }
+        Err(StripeError::Unavailable(source)) => return Err(unavailable(source)),
+    };
+    if intent.status == "requires_action" {
+        state.orders.record_decline(order).await?;
+        return Err(Error::bad_request(NEEDS_AUTHENTICATION));
+    }
+    if !intent.succeeded() {
+        state.orders.record_decline(order).await?;
+        return Err(Error::BadRequest(intent.last_error.unwrap_or_else(|| {
+            "Your payment could not be processed".to_owned()
+        })));
+    }
+    match state.settle.succeeded(&payment, &intent.id).await? {
+        // Concurrent submits of one attempt got the same confirmation from
+        // Stripe: each of them is told about the one payment.
+        Succeeded::Recorded(paid) | Succeeded::Already(paid) => {
+            tracing::info!(payment_id = %paid.id, order_id = %order_hex, "order paid");
+            Ok((StatusCode::CREATED, Json(PaymentView::from(&paid))))
+        }
+        Succeeded::Refunded(_) => Err(Error::bad_request(CANCELLED)),
+    }
+}
+
+/// `?orderId=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// The order whose payments to list.
+    #[serde(default)]
+    #[param(value_type = openapi::ObjectId, required = true)]
+    order_id: Option<String>,
+}
+
+/// `GET /api/payments?orderId=` — 200 the caller's payments of that order.
+#[utoipa::path(
+    get,
+    path = "/api/payments",
+    tag = "payments",
+    security(("session" = []), ("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's payments of the order (none or one)", body = [PaymentView]),
+        (status = 400, description = "`OrderId must be provided`", body = ErrorBody),
+        (status = 401, description = "Not signed in", body = ErrorBody),
+    ),
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<PaymentView>>> {
+    let order_id = query
+        .ok()
+        .and_then(|Query(q)| q.order_id)
+        .and_then(|id| ObjectId::parse_str(id.trim()).ok())
+        .ok_or_else(|| Error::invalid("orderId", "OrderId must be provided"))?;
+    let payments = state
+        .payments
+        .find_by_order(order_id)
+        .await?
+        .filter(|payment| payment.user_id == user.id);
+    Ok(Json(payments.iter().map(PaymentView::from).collect()))
 }
 
 #[cfg(test)]
@@ -203,13 +351,13 @@ mod tests {
 
     use super::*;
 
-    fn validate(body: Value) -> Result<(String, ObjectId)> {
+    fn validate(body: Value) -> Result<(Option<String>, ObjectId)> {
         serde_json::from_value::<NewPayment>(body)
             .unwrap()
             .validate()
     }
 
-    fn fields(result: Result<(String, ObjectId)>) -> Vec<String> {
+    fn fields(result: Result<(Option<String>, ObjectId)>) -> Vec<String> {
         match result {
             Err(Error::Validation(items)) => items.into_iter().filter_map(|i| i.field).collect(),
             other => panic!("expected a validation error, got {other:?}"),
@@ -217,18 +365,20 @@ mod tests {
     }
 
     #[test]
-    fn accepts_a_token_and_a_24_hex_order_id() {
+    fn accepts_an_order_id_with_or_without_a_token() {
         let (token, id) =
             validate(json!({"token": "tok_visa", "orderId": "64b7f0c2a1b2c3d4e5f60718"})).unwrap();
         assert_eq!(
-            (token.as_str(), id.to_hex().as_str()),
-            ("tok_visa", "64b7f0c2a1b2c3d4e5f60718")
+            (token.as_deref(), id.to_hex().as_str()),
+            (Some("tok_visa"), "64b7f0c2a1b2c3d4e5f60718")
         );
+        let (token, _) = validate(json!({"orderId": "64b7f0c2a1b2c3d4e5f60718"})).unwrap();
+        assert_eq!(token, None);
     }
 
     #[test]
     fn reports_each_missing_or_malformed_field() {
-        assert_eq!(fields(validate(json!({}))), ["token", "orderId"]);
+        assert_eq!(fields(validate(json!({}))), ["orderId"]);
         assert_eq!(
             fields(validate(
                 json!({"token": " ", "orderId": "64b7f0c2a1b2c3d4e5f60718"})

@@ -2,11 +2,12 @@
 //!
 //! - [`orders`]: the replica of the orders it may charge for, fed by
 //!   `order.created` / `order.cancelled`.
-//! - [`payments`]: one payment per order (unique index), each written together
-//!   with its `payment.created` event (the outbox).
+//! - [`payments`]: one payment per order, ever (unique index), holding the
+//!   order's PaymentIntent; success is written together with its
+//!   `payment.created` event (the outbox). Also the Stripe events handled.
 
 pub mod orders;
 pub mod payments;
 
 pub use orders::{Order, Orders, VersionedUpdate};
-pub use payments::{InsertError, Payment, Payments};
+pub use payments::{Payment, PaymentStatus, Payments};

@@ -27,23 +27,15 @@ pub struct Order {
     #[serde(with = "common::money::as_cents")]
     pub price: Money,
     pub status: OrderStatus,
-    /// How many charges Stripe declined for this order. Part of the Stripe
-    /// idempotency key, so that a double submit of one attempt charges once
-    /// while a new card after a decline is a new attempt.
+    /// How many server-side confirms (the legacy `{token}` body) of this
+    /// order's intent did not succeed (declined, or 3-D Secure needed). Part
+    /// of their Stripe idempotency keys, so that a double submit of one
+    /// attempt confirms once while a new card after a decline is a new attempt.
     #[serde(default)]
     pub declined_attempts: i64,
 }
 
-impl Order {
-    /// The Stripe idempotency key of the current payment attempt: the order id
-    /// (DESIGN §3) for the first attempt, `<order id>-<n>` after n declines.
-    pub fn idempotency_key(&self) -> String {
-        match self.declined_attempts {
-            0 => self.id.to_hex(),
-            n => format!("{}-{n}", self.id.to_hex()),
-        }
-    }
-}
+impl Order {}
 
 /// What a versioned update did (DESIGN §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,25 +1,83 @@
-//! The `payments` collection: one document per paid order.
+//! The `payments` collection: one document per order, ever, holding that
+//! order's one PaymentIntent and where its money is.
 //!
-//! `orderId` is unique by index, not only by the handler's "already paid"
-//! check: two submits racing for one order both pass the check, both get the
-//! same charge back from Stripe (same idempotency key), and the index lets
-//! exactly one of them record it. The loser's duplicate-key error is
-//! [`InsertError::AlreadyPaid`].
+//! `orderId` is unique by index: the first request for an order inserts the
+//! document (an upsert, so any number of racing requests on any number of
+//! replicas end with one), and only then is Stripe asked for the intent, with
+//! a key derived from the order — so a crash between Stripe's answer and our
+//! write, or two replicas racing, still ends with the one intent, which the
+//! next request finds at Stripe and stores.
 //!
-//! A payment is inserted together with its `payment.created` event in the
+//! The life of a payment (`status`), every step a compare-and-set on the
+//! status it leaves:
+//!
+//! ```text
+//! pending ──(intent succeeded)──▶ succeeded ──(order cancelled)──▶ refunding ──▶ refunded
+//!    │                                                               ▲
+//!    └──(order cancelled)──▶ cancelling ──▶ cancelled ──(it had succeeded)─┘
+//! ```
+//!
+//! `succeeded` is written together with its `payment.created` event in the
 //! document's `outbox` array — one atomic write — and the [`Relay`] publishes
-//! it, so a crash right after the insert still tells the fleet.
+//! it, so a crash right after still tells the fleet. `refunding` and
+//! `cancelling` are the durable intent to call Stripe: whoever finds a payment
+//! there (the next webhook, the order listener, the periodic sweep) finishes
+//! the call with the same idempotency key.
 //!
 //! [`Relay`]: common::outbox::Relay
 
 use anyhow::Context as _;
-use common::{events::PaymentCreated, outbox};
+use common::{events::PaymentCreated, money::Money, outbox};
+use futures::TryStreamExt as _;
 use mongodb::{
     Collection, Database, IndexModel,
-    bson::{self, Document, doc, oid::ObjectId},
-    options::IndexOptions,
+    bson::{self, Bson, Document, doc, oid::ObjectId},
+    options::{IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
+
+/// Where a payment is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PaymentStatus {
+    Pending,
+    Succeeded,
+    Refunding,
+    Refunded,
+    Cancelling,
+    Cancelled,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Refunding => "refunding",
+            Self::Refunded => "refunded",
+            Self::Cancelling => "cancelling",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status the API shows: one of `pending`, `succeeded`, `refunded`,
+    /// `cancelled`. A refund or a cancel under way shows where the money is
+    /// until Stripe has confirmed it.
+    pub fn public(self) -> &'static str {
+        match self {
+            Self::Pending | Self::Cancelling => "pending",
+            Self::Succeeded | Self::Refunding => "succeeded",
+            Self::Refunded => "refunded",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<PaymentStatus> for Bson {
+    fn from(status: PaymentStatus) -> Self {
+        Bson::String(status.as_str().to_owned())
+    }
+}
 
 /// A stored payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,42 +85,66 @@ use serde::{Deserialize, Serialize};
 pub struct Payment {
     #[serde(rename = "_id")]
     pub id: ObjectId,
-    /// The paid order (unique).
+    /// The order (unique).
     pub order_id: ObjectId,
-    /// The Stripe charge (`ch_…`).
-    pub stripe_id: String,
+    /// The buyer, who alone may see it.
+    pub user_id: String,
+    /// The intent's amount.
+    #[serde(with = "common::money::as_cents")]
+    pub amount: Money,
+    pub status: PaymentStatus,
+    /// The order's PaymentIntent (`pi_…`), once Stripe has answered.
+    #[serde(default)]
+    pub payment_intent_id: Option<String>,
+    /// What the browser confirms the intent with.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Why the last attempt failed (Stripe's message for the buyer).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The refund (`re_…`) of money that arrived for a cancelled order.
+    #[serde(default)]
+    pub refund_id: Option<String>,
 }
 
 impl Payment {
-    /// The event announcing this payment.
-    pub fn created_event(&self) -> PaymentCreated {
+    /// A new pending payment of `order_id`.
+    pub fn new(order_id: ObjectId, user_id: &str, amount: Money) -> Self {
+        Self {
+            id: ObjectId::new(),
+            order_id,
+            user_id: user_id.to_owned(),
+            amount,
+            status: PaymentStatus::Pending,
+            payment_intent_id: None,
+            client_secret: None,
+            last_error: None,
+            refund_id: None,
+        }
+    }
+
+    /// The event announcing that this payment succeeded.
+    pub fn created_event(&self, payment_intent_id: &str) -> PaymentCreated {
         PaymentCreated {
             id: self.id.to_hex(),
             order_id: self.order_id.to_hex(),
-            stripe_id: self.stripe_id.clone(),
+            stripe_id: payment_intent_id.to_owned(),
         }
     }
 }
 
-/// Why a payment could not be inserted.
-#[derive(Debug, thiserror::Error)]
-pub enum InsertError {
-    #[error("the order already has a payment")]
-    AlreadyPaid,
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-/// The payments collection and its queries.
+/// The payments collection, the handled Stripe events, and their queries.
 #[derive(Clone, Debug)]
 pub struct Payments {
     payments: Collection<Payment>,
+    events: Collection<Document>,
 }
 
 impl Payments {
     pub fn new(db: &Database) -> Self {
         Self {
             payments: db.collection("payments"),
+            events: db.collection("stripe_events"),
         }
     }
 
@@ -71,9 +153,10 @@ impl Payments {
         self.payments.clone_with_type()
     }
 
-    /// Creates the unique index on `orderId` (idempotent).
+    /// Creates the unique index on `orderId` and the index on the intent
+    /// (idempotent).
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = IndexModel::builder()
+        let unique = IndexModel::builder()
             .keys(doc! { "orderId": 1 })
             .options(
                 IndexOptions::builder()
@@ -82,8 +165,18 @@ impl Payments {
                     .build(),
             )
             .build();
-        self.payments.create_index(index).await?;
+        let by_intent = IndexModel::builder()
+            .keys(doc! { "paymentIntentId": 1 })
+            .build();
+        let by_status = IndexModel::builder().keys(doc! { "status": 1 }).build();
+        self.payments
+            .create_indexes([unique, by_intent, by_status])
+            .await?;
         Ok(())
+    }
+
+    pub async fn find(&self, id: ObjectId) -> mongodb::error::Result<Option<Payment>> {
+        self.payments.find_one(doc! { "_id": id }).await
     }
 
     pub async fn find_by_order(
@@ -93,19 +186,173 @@ impl Payments {
         self.payments.find_one(doc! { "orderId": order_id }).await
     }
 
-    /// Inserts the payment with its `payment.created` in the outbox, atomically.
-    pub async fn insert(&self, payment: &Payment) -> Result<(), InsertError> {
-        let mut document = bson::to_document(payment).context("failed to encode a payment")?;
-        document.insert(
-            outbox::FIELD,
-            vec![outbox::OutboxEvent::of(&payment.created_event())?.to_bson()?],
-        );
-        match self.outbox_collection().insert_one(document).await {
+    /// The order's payment, inserted as `fresh` if there is none yet; `true`
+    /// when this call inserted it. Racing callers all get the one document.
+    pub async fn open(&self, fresh: &Payment) -> anyhow::Result<(Payment, bool)> {
+        let mut document = bson::to_document(fresh).context("failed to encode a payment")?;
+        // The upsert takes `orderId` from the filter.
+        document.remove("orderId");
+        for _ in 0..3 {
+            let result = self
+                .payments
+                .find_one_and_update(
+                    doc! { "orderId": fresh.order_id },
+                    doc! { "$setOnInsert": document.clone() },
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match result {
+                Ok(Some(payment)) => {
+                    let inserted = payment.id == fresh.id;
+                    return Ok((payment, inserted));
+                }
+                Ok(None) => {}
+                // Two upserts raced and the index refused the second: the
+                // first one's document is there now.
+                Err(err) if common::mongo::is_duplicate_key(&err) => {}
+                Err(err) => return Err(anyhow::Error::new(err).context("failed to open a payment")),
+            }
+        }
+        self.find_by_order(fresh.order_id)
+            .await
+            .context("failed to read a payment")?
+            .map(|payment| (payment, false))
+            .context("the payment of an order vanished")
+    }
+
+    /// Stores the order's intent if none is stored yet; the document after
+    /// (with whichever intent was stored first — the same one, since every
+    /// replica asks Stripe with the same key) and whether this call stored it.
+    pub async fn attach_intent(
+        &self,
+        id: ObjectId,
+        intent_id: &str,
+        client_secret: Option<&str>,
+    ) -> anyhow::Result<(Payment, bool)> {
+        let stored = self
+            .payments
+            .find_one_and_update(
+                doc! { "_id": id, "paymentIntentId": Bson::Null },
+                doc! { "$set": { "paymentIntentId": intent_id, "clientSecret": client_secret } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .context("failed to store a payment intent")?;
+        if let Some(payment) = stored {
+            return Ok((payment, true));
+        }
+        let payment = self
+            .find(id)
+            .await
+            .context("failed to read a payment")?
+            .context("a payment vanished")?;
+        Ok((payment, false))
+    }
+
+    /// `pending` → `succeeded` with `payment.created` in the outbox, in one
+    /// write; `None` if the payment was not pending (a duplicate, or it was
+    /// cancelled meanwhile).
+    pub async fn mark_succeeded(
+        &self,
+        payment: &Payment,
+        intent_id: &str,
+    ) -> anyhow::Result<Option<Payment>> {
+        let event = outbox::push(&payment.created_event(intent_id))?;
+        self.payments
+            .find_one_and_update(
+                doc! { "_id": payment.id, "status": PaymentStatus::Pending },
+                doc! {
+                    "$set": { "status": PaymentStatus::Succeeded, "paymentIntentId": intent_id, "lastError": Bson::Null },
+                    "$push": event,
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .context("failed to record a successful payment")
+    }
+
+    /// Records why an attempt failed, while the payment is still pending.
+    pub async fn record_failure(&self, id: ObjectId, message: &str) -> anyhow::Result<()> {
+        self.payments
+            .update_one(
+                doc! { "_id": id, "status": PaymentStatus::Pending },
+                doc! { "$set": { "lastError": message } },
+            )
+            .await
+            .context("failed to record a failed payment")?;
+        Ok(())
+    }
+
+    /// Moves the payment from one of `from` to `to`; the document after, or
+    /// `None` if it was elsewhere.
+    pub async fn transition(
+        &self,
+        id: ObjectId,
+        from: &[PaymentStatus],
+        to: PaymentStatus,
+        also: Document,
+    ) -> anyhow::Result<Option<Payment>> {
+        let mut set = doc! { "status": to };
+        set.extend(also);
+        self.payments
+            .find_one_and_update(
+                doc! { "_id": id, "status": { "$in": from.iter().map(|s| Bson::from(*s)).collect::<Vec<_>>() } },
+                doc! { "$set": set },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .with_context(|| format!("failed to move a payment to {}", to.as_str()))
+    }
+
+    /// A pending payment that never got an intent: straight to `cancelled`.
+    pub async fn cancel_without_intent(&self, id: ObjectId) -> anyhow::Result<bool> {
+        let result = self
+            .payments
+            .update_one(
+                doc! { "_id": id, "status": PaymentStatus::Pending, "paymentIntentId": Bson::Null },
+                doc! { "$set": { "status": PaymentStatus::Cancelled, "clientSecret": Bson::Null } },
+            )
+            .await
+            .context("failed to cancel a payment")?;
+        Ok(result.modified_count == 1)
+    }
+
+    /// Payments left half-way (`refunding`, `cancelling`) by a failure or a
+    /// crash, for the sweep.
+    pub async fn unfinished(&self) -> anyhow::Result<Vec<Payment>> {
+        self.payments
+            .find(
+                doc! { "status": { "$in": [PaymentStatus::Refunding, PaymentStatus::Cancelling] } },
+            )
+            .await
+            .context("failed to list unfinished payments")?
+            .try_collect()
+            .await
+            .context("failed to list unfinished payments")
+    }
+
+    /// Whether the Stripe event `id` has been handled.
+    pub async fn event_seen(&self, id: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .events
+            .find_one(doc! { "_id": id })
+            .await
+            .context("failed to read the handled Stripe events")?
+            .is_some())
+    }
+
+    /// Records the Stripe event `id` as handled (a repeat is fine).
+    pub async fn remember_event(&self, id: &str, kind: &str) -> anyhow::Result<()> {
+        let now = bson::DateTime::now();
+        match self
+            .events
+            .insert_one(doc! { "_id": id, "type": kind, "handledAt": now })
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(err) if common::mongo::is_duplicate_key(&err) => Err(InsertError::AlreadyPaid),
-            Err(err) => Err(anyhow::Error::new(err)
-                .context("failed to insert a payment")
-                .into()),
+            Err(err) if common::mongo::is_duplicate_key(&err) => Ok(()),
+            Err(err) => Err(anyhow::Error::new(err).context("failed to record a Stripe event")),
         }
     }
 }

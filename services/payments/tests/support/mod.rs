@@ -1,6 +1,8 @@
 //! Test helpers of the payments service: a running service on its own
-//! database and bus namespace, order events as the orders service would send
-//! them, and look-ups in the Stripe fake.
+//! database, bus namespace and Stripe account (the devstack fake keeps one
+//! account per secret key), order events as the orders service would send
+//! them, what a browser does at Stripe (confirm, 3-D Secure), and Stripe's
+//! webhooks, signed as Stripe signs them.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
@@ -21,9 +23,8 @@ use payments::{Application, Settings, store::Order};
 use serde_json::Value;
 use testkit::TestApp;
 
-/// The secret key the service uses against the Stripe fake (it only checks the
-/// `sk_test_` prefix).
-pub const STRIPE_KEY: &str = "sk_test_payments_service_tests";
+/// The webhook signing secret of the test services.
+pub const WEBHOOK_SECRET: &str = "whsec_payments_service_tests";
 
 /// The Stripe fake of this test run.
 pub fn stripe_api_base() -> String {
@@ -39,7 +40,9 @@ pub fn settings() -> Settings {
         port: 0,
         mongo_uri: testkit::mongo_uri("payments"),
         jwt_key: Secret::new(testkit::JWT_KEY),
-        stripe_key: Secret::new(STRIPE_KEY),
+        // An account of its own at the fake.
+        stripe_key: Secret::new(format!("sk_test_{}", testkit::unique_name("payments"))),
+        webhook_secret: Secret::new(WEBHOOK_SECRET),
         stripe_api_base: Some(stripe_api_base()),
         bus: testkit::bus_config(),
         development: false,
@@ -127,7 +130,71 @@ impl Harness {
         }
     }
 
-    /// `POST /api/payments` as `cookie`.
+    /// `POST /api/payments {orderId}` as `cookie`: the order's intent.
+    pub async fn open(&self, cookie: &str, order_id: ObjectId) -> testkit::Reply {
+        self.app
+            .post(
+                "/api/payments",
+                Some(cookie),
+                serde_json::json!({"orderId": order_id.to_hex()}),
+            )
+            .await
+    }
+
+    /// The Stripe fake, as this service's account.
+    pub fn stripe(&self) -> StripeAccount {
+        StripeAccount {
+            key: self.settings.stripe_key.expose().to_owned(),
+        }
+    }
+
+    /// `POST /api/payments/webhook` with `body` signed now with the service's secret.
+    pub async fn deliver(&self, body: &str) -> testkit::Reply {
+        let header = devstack::stripe_fake::signature_header(
+            WEBHOOK_SECRET,
+            Utc::now().timestamp(),
+            body.as_bytes(),
+        );
+        self.webhook(body, Some(&header)).await
+    }
+
+    /// `POST /api/payments/webhook` with `body` and this `Stripe-Signature`.
+    pub async fn webhook(&self, body: &str, signature: Option<&str>) -> testkit::Reply {
+        let mut request = self
+            .app
+            .http
+            .post(format!("{}/api/payments/webhook", self.app.base_url))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("stripe-signature", signature);
+        }
+        testkit::Reply::read(request.send().await.expect("payments did not answer")).await
+    }
+
+    /// The stored payment of an order.
+    pub async fn payment_of(&self, order_id: ObjectId) -> Option<Document> {
+        self.payments_of(order_id).await.into_iter().next()
+    }
+
+    /// Waits (10 s at most) until the stored payment of `order_id` has `status`.
+    pub async fn wait_for_payment(&self, order_id: ObjectId, status: &str) -> Document {
+        let found = testkit::eventually(Duration::from_secs(10), || async {
+            self.payment_of(order_id)
+                .await
+                .filter(|p| p.get_str("status") == Ok(status))
+        })
+        .await;
+        match found {
+            Some(payment) => payment,
+            None => panic!(
+                "the payment of {order_id} never became {status}: {:?}",
+                self.payment_of(order_id).await
+            ),
+        }
+    }
+
+    /// `POST /api/payments {token, orderId}` as `cookie`.
     pub async fn pay(&self, cookie: &str, token: &str, order_id: ObjectId) -> testkit::Reply {
         self.app
             .post(
@@ -195,38 +262,111 @@ pub fn user() -> (String, String) {
     (id, cookie)
 }
 
-/// `GET /v1/<path>` on the Stripe fake.
-pub async fn stripe_get(path: &str) -> Value {
-    let response = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/{path}",
-            stripe_api_base().trim_end_matches('/')
-        ))
-        .bearer_auth(STRIPE_KEY)
-        .send()
-        .await
-        .expect("the Stripe fake did not answer");
-    assert!(
-        response.status().is_success(),
-        "Stripe fake: GET {path} → {}",
-        response.status()
-    );
-    response
-        .json()
-        .await
-        .expect("the Stripe fake answered no JSON")
+/// One account at the Stripe fake: what the browser and Stripe's dashboard
+/// would do and see.
+pub struct StripeAccount {
+    pub key: String,
 }
 
-/// Every charge the Stripe fake holds for `order_id` (by the `orderId`
-/// metadata the service attaches).
-pub async fn charges_for(order_id: ObjectId) -> Vec<Value> {
-    // Without `limit` the fake lists every charge of the account.
-    let list = stripe_get("charges").await;
-    list["data"]
-        .as_array()
-        .expect("a charge list")
-        .iter()
-        .filter(|charge| charge["metadata"]["orderId"] == order_id.to_hex())
-        .cloned()
+impl StripeAccount {
+    fn url(path: &str) -> String {
+        format!("{}/v1/{path}", stripe_api_base().trim_end_matches('/'))
+    }
+
+    /// `GET /v1/<path>`.
+    pub async fn get(&self, path: &str) -> Value {
+        let response = reqwest::Client::new()
+            .get(Self::url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("the Stripe fake did not answer");
+        assert!(
+            response.status().is_success(),
+            "Stripe fake: GET {path} → {}",
+            response.status()
+        );
+        response
+            .json()
+            .await
+            .expect("the Stripe fake answered no JSON")
+    }
+
+    /// `POST /v1/<path>` with a form; (status, body).
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(Self::url(path))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded_pairs(form))
+            .send()
+            .await
+            .expect("the Stripe fake did not answer");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Confirms the intent with a test payment method (`pm_card_visa`), as
+    /// Stripe.js does in the browser.
+    pub async fn confirm(&self, intent_id: &str, payment_method: &str) -> (u16, Value) {
+        self.post(
+            &format!("payment_intents/{intent_id}/confirm"),
+            &[("payment_method", payment_method)],
+        )
+        .await
+    }
+
+    /// Every intent of the account for `order_id` (by `metadata[orderId]`).
+    pub async fn intents_for(&self, order_id: ObjectId) -> Vec<Value> {
+        self.list("payment_intents", |o| {
+            o["metadata"]["orderId"] == order_id.to_hex()
+        })
+        .await
+    }
+
+    /// Every refund of the account of `intent_id`.
+    pub async fn refunds_of(&self, intent_id: &str) -> Vec<Value> {
+        self.list("refunds", |o| o["payment_intent"] == intent_id)
+            .await
+    }
+
+    /// The account's events of `kind` about `intent_id`, oldest first.
+    pub async fn events(&self, kind: &str, intent_id: &str) -> Vec<Value> {
+        let mut events = self
+            .list(&format!("events?type={kind}"), |e| {
+                e["data"]["object"]["id"] == intent_id
+            })
+            .await;
+        events.reverse();
+        events
+    }
+
+    async fn list(&self, path: &str, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let list = self.get(path).await;
+        list["data"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter(|o| keep(o))
+            .cloned()
+            .collect()
+    }
+}
+
+fn serde_urlencoded_pairs(form: &[(&str, &str)]) -> String {
+    form.iter()
+        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
         .collect()
 }

@@ -1,0 +1,74 @@
+// Paying on PaymentIntents in a real browser, with the Stripe fake's Stripe.js
+// (run by `dev fleet --stripe-js`, see tests/browser/README.md): the order
+// page mounts the Card Element, `confirmCardPayment` confirms the order's
+// intent (3-D Secure in the fake bank's dialog), the page shows Processing…
+// and turns to Paid by itself once Stripe's signed webhook has completed the
+// order. A declined card leaves the order payable with Stripe's message.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import {
+  launch, sellTicket, signUp, submitUntil, uniqueEmail, uniqueTitle, visitor, withScreenshot,
+} from '../support.mjs';
+
+let browser;
+before(async () => { browser = await launch(); });
+after(async () => { await browser?.close(); });
+
+/** A seller lists a ticket; a new buyer buys it and lands on its order page. */
+async function orderPage(name) {
+  const title = uniqueTitle(name);
+  const seller = await visitor(browser);
+  await signUp(seller, uniqueEmail('seller'));
+  await sellTicket(seller, title, '12.5');
+  const ticketPath = new URL(seller.url()).pathname;
+  const buyer = await visitor(browser);
+  await signUp(buyer, uniqueEmail('buyer'));
+  await buyer.goto(ticketPath);
+  await submitUntil(buyer, 'Purchase', /^\/orders\/[0-9a-f]{24}$/);
+  // Payments learns of the order from an event: the page refreshes until
+  // the intent is there and the card field is mounted.
+  await buyer.locator('input[name=cardnumber]').waitFor({ timeout: 20_000 });
+  return buyer;
+}
+
+async function payWith(page, number) {
+  await page.locator('input[name=cardnumber]').fill(number);
+  await page.getByRole('button', { name: 'Pay $12.50' }).click();
+}
+
+async function paid(page) {
+  await page.getByRole('heading', { name: 'Paid' }).waitFor({ timeout: 30_000 });
+  assert.match(await page.locator('.status').innerText(), /complete/);
+}
+
+test('a plain card pays: Processing… until the webhook lands, then Paid', { timeout: 120_000 }, async () => {
+  const buyer = await orderPage('Plain');
+  await withScreenshot(buyer, 'stripe-1-plain-card', async () => {
+    await payWith(buyer, '4242 4242 4242 4242');
+    await buyer.waitForURL(/\?payment=processing$/);
+    await paid(buyer);
+  });
+});
+
+test('a 3-D Secure card pays after authenticating in the bank dialog', { timeout: 120_000 }, async () => {
+  const buyer = await orderPage('Secure');
+  await withScreenshot(buyer, 'stripe-2-3ds-card', async () => {
+    await payWith(buyer, '4000 0025 0000 3155');
+    const dialog = buyer.getByRole('dialog', { name: '3D Secure authentication' });
+    await dialog.getByRole('button', { name: 'Complete authentication' }).click();
+    await paid(buyer);
+  });
+});
+
+test('a declined card shows Stripe\'s message and the order stays payable', { timeout: 120_000 }, async () => {
+  const buyer = await orderPage('Declined');
+  await withScreenshot(buyer, 'stripe-3-declined-card', async () => {
+    await payWith(buyer, '4000 0000 0000 0002');
+    await buyer.locator('#card-errors').getByText('Your card was declined.').waitFor();
+    assert.doesNotMatch(buyer.url(), /payment=processing/);
+    await payWith(buyer, '4242 4242 4242 4242');
+    await paid(buyer);
+  });
+});

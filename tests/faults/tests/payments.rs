@@ -1,0 +1,281 @@
+//! Payments killed at the two moments that matter for money, on the real
+//! fleet behind the ingress, with the Stripe fake sending its signed webhooks
+//! to the ingress:
+//!
+//! - between Stripe's answer and our write: the fake creates the intent but
+//!   holds its answer back (`/_fake/hold`) while payments is `kill -9`ed;
+//!   after the restart the buyer's retry finds the same intent (same
+//!   idempotency key) — one intent, then paid once;
+//! - between a webhook's receipt and its ack: payments is `kill -9`ed while
+//!   the fake delivers `payment_intent.succeeded` (the delivery gets no 2xx);
+//!   Stripe's retry after the restart completes the order — once.
+//!
+//! No payment lost, none doubled, no refund for a paid order.
+
+use std::time::Duration;
+
+use devstack::Stack;
+use fault_tests::{Client, User};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const STRIPE_KEY: &str = devstack::fleet::FAKE_STRIPE_KEY;
+
+async fn stripe(stack: &Stack, method: Method, path: &str, form: &[(&str, &str)]) -> Value {
+    let base = stack.infra().stripe_api_base().expect("the Stripe fake");
+    let request = reqwest::Client::new()
+        .request(method, format!("{base}/{path}"))
+        .bearer_auth(STRIPE_KEY);
+    let request = if form.is_empty() {
+        request
+    } else {
+        request.form(form)
+    };
+    request
+        .send()
+        .await
+        .expect("the Stripe fake answers")
+        .json()
+        .await
+        .expect("JSON from the Stripe fake")
+}
+
+async fn intents_for(stack: &Stack, order_id: &str) -> Vec<Value> {
+    stripe(stack, Method::GET, "v1/payment_intents", &[]).await["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|i| i["metadata"]["orderId"] == order_id)
+        .cloned()
+        .collect()
+}
+
+/// A listed ticket and a buyer's order of it, known to payments.
+async fn an_order(client: &Client, seller: &User, buyer: &User) -> String {
+    let ticket = client
+        .send_until_available(
+            Method::POST,
+            "/api/tickets",
+            Some(seller),
+            Some(json!({"title": "Fault concert", "price": 25})),
+            &mut 0,
+        )
+        .await
+        .expect("tickets answers");
+    let ticket_id = ticket.body["id"].as_str().expect("a ticket").to_owned();
+    let order_id = loop {
+        let order = client
+            .send(
+                Method::POST,
+                "/api/orders",
+                Some(buyer),
+                Some(json!({"ticketId": ticket_id})),
+            )
+            .await
+            .expect("orders answers");
+        if order.status == 201 {
+            break order.body["id"].as_str().expect("an order").to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Payments learns of the order from order.created, within milliseconds;
+    // a request before that would be a 404 that never reaches Stripe.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    order_id
+}
+
+async fn order_status(client: &Client, buyer: &User, order_id: &str) -> String {
+    let order = client
+        .send_until_available(
+            Method::GET,
+            &format!("/api/orders/{order_id}"),
+            Some(buyer),
+            None,
+            &mut 0,
+        )
+        .await
+        .expect("orders answers");
+    order.body["status"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn wait_complete(client: &Client, buyer: &User, order_id: &str) {
+    for _ in 0..300 {
+        if order_status(client, buyer, order_id).await == "complete" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("order {order_id} never completed");
+}
+
+/// `POST /api/payments {orderId}` until payments knows the order: the intent.
+async fn open(client: &Client, buyer: &User, order_id: &str) -> Value {
+    for _ in 0..200 {
+        let reply = client
+            .send(
+                Method::POST,
+                "/api/payments",
+                Some(buyer),
+                Some(json!({"orderId": order_id})),
+            )
+            .await;
+        match reply {
+            Ok(reply) if reply.status == 200 || reply.status == 201 => return reply.body,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("payments never opened a payment for {order_id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() {
+    let mut stack = Stack::start(&["auth", "tickets", "orders", "payments"], &[])
+        .await
+        .unwrap_or_else(|error| panic!("the fleet did not start: {error:#}"));
+    let client = Client::new(stack.base_url());
+    let run = std::process::id();
+    let seller = client.signup(&format!("seller-{run}@payfaults.test")).await;
+    let buyer = client.signup(&format!("buyer-{run}@payfaults.test")).await;
+
+    // 1. Killed between Stripe's answer and our write.
+    let order_id = an_order(&client, &seller, &buyer).await;
+    // Let payments replicate the order before holding Stripe's answer.
+    let first = open(&client, &buyer, &order_id).await;
+    assert_eq!(
+        first["paymentIntentId"]
+            .as_str()
+            .map(|i| i.starts_with("pi_")),
+        Some(true)
+    );
+    let second_order = an_order(&client, &seller, &buyer).await;
+    stripe(
+        &stack,
+        Method::POST,
+        "_fake/hold",
+        &[
+            ("method", "POST"),
+            ("path", "/v1/payment_intents"),
+            ("seconds", "30"),
+        ],
+    )
+    .await;
+    let in_flight = {
+        let client = Client::new(stack.base_url());
+        let buyer = buyer.clone();
+        let order = second_order.clone();
+        tokio::spawn(async move {
+            client
+                .send(
+                    Method::POST,
+                    "/api/payments",
+                    Some(&buyer),
+                    Some(json!({"orderId": order})),
+                )
+                .await
+        })
+    };
+    let mut created = false;
+    for _ in 0..100 {
+        if intents_for(&stack, &second_order).await.len() == 1 {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(created, "Stripe never got the intent request");
+    stack
+        .fleet_mut()
+        .kill_service("payments")
+        .await
+        .expect("kill -9");
+    let lost = in_flight.await.expect("the request task");
+    assert!(
+        lost.as_ref().map_or(true, |reply| reply.status >= 500),
+        "the killed request got an answer: {lost:?}"
+    );
+    stack
+        .fleet_mut()
+        .start_service("payments")
+        .await
+        .expect("payments restarts");
+    let retried = open(&client, &buyer, &second_order).await;
+    let intents = intents_for(&stack, &second_order).await;
+    assert_eq!(intents.len(), 1, "one intent: {intents:?}");
+    assert_eq!(retried["paymentIntentId"], intents[0]["id"]);
+
+    // 2. Killed between a webhook's receipt and its ack: the success is sent
+    //    while payments dies; Stripe's retries land after the restart.
+    let intent_id = retried["paymentIntentId"].as_str().unwrap().to_owned();
+    stack
+        .fleet_mut()
+        .kill_service("payments")
+        .await
+        .expect("kill -9");
+    let confirmed = stripe(
+        &stack,
+        Method::POST,
+        &format!("v1/payment_intents/{intent_id}/confirm"),
+        &[("payment_method", "pm_card_visa")],
+    )
+    .await;
+    assert_eq!(confirmed["status"], "succeeded");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack
+        .fleet_mut()
+        .start_service("payments")
+        .await
+        .expect("payments restarts");
+    wait_complete(&client, &buyer, &second_order).await;
+
+    // The first order, paid by a legacy card while payments is killed right
+    // after: the success and its webhook are handled once.
+    let paid = client
+        .send(
+            Method::POST,
+            "/api/payments",
+            Some(&buyer),
+            Some(json!({"token": "tok_visa", "orderId": order_id})),
+        )
+        .await
+        .expect("payments answers");
+    assert_eq!(paid.status, 201, "{:?}", paid.body);
+    stack
+        .fleet_mut()
+        .kill_service("payments")
+        .await
+        .expect("kill -9");
+    stack
+        .fleet_mut()
+        .start_service("payments")
+        .await
+        .expect("payments restarts");
+    wait_complete(&client, &buyer, &order_id).await;
+
+    // Nothing doubled, nothing refunded.
+    for order in [&order_id, &second_order] {
+        let intents = intents_for(&stack, order).await;
+        assert_eq!(intents.len(), 1, "{order}: {intents:?}");
+        assert_eq!(intents[0]["status"], "succeeded");
+    }
+    let refunds = stripe(&stack, Method::GET, "v1/refunds", &[]).await;
+    assert_eq!(
+        refunds["data"].as_array().map(Vec::len),
+        Some(0),
+        "{refunds}"
+    );
+    let payments = client
+        .send(
+            Method::GET,
+            &format!("/api/payments?orderId={second_order}"),
+            Some(&buyer),
+            None,
+        )
+        .await
+        .expect("payments answers");
+    assert_eq!(
+        payments.body[0]["status"], "succeeded",
+        "{:?}",
+        payments.body
+    );
+    stack.stop().await.expect("the fleet stops");
+}
