@@ -9,7 +9,7 @@
 #               kubernetes-validate, hadolint, actionlint, shellcheck);
 #               schemathesis, the API fuzzer of `make fuzz`
 #   .dev/node   npm packages pinned by infra/local/package-lock.json:
-#               stripe-stateful-mock (Stripe fake), playwright-core
+#               playwright-core (browser tests; the Stripe fake is in devstack)
 #   system      redis-server and chromium from apt, only when missing
 #   .dev/bin/secantusd-rs
 #               unless a real `mongod` is on PATH: SecantusDB's native server
@@ -166,7 +166,7 @@ step "redis-server"
 command -v redis-server >/dev/null || apt_install redis-server
 ok "$(command -v redis-server) ($(redis-server --version | grep -oE 'v=[0-9.]+'))"
 
-# --- npm packages: Stripe fake, playwright-core --------------------------------
+# --- npm packages: playwright-core --------------------------------------------
 step "node tools (infra/local/package.json)"
 command -v npm >/dev/null || die "npm not found (install node and npm)"
 LOCAL="$ROOT/infra/local"
@@ -175,7 +175,7 @@ if [[ ! -f "$LOCAL/package-lock.json" ]]; then
     (cd "$LOCAL" && npm install --package-lock-only --no-audit --no-fund --loglevel=error)
 fi
 NODE_FINGERPRINT="$(cat "$LOCAL/package.json" "$LOCAL/package-lock.json" | sha256sum | cut -d' ' -f1)"
-if stamp_is node "$NODE_FINGERPRINT" && [[ -d "$NODE_DIR/node_modules/stripe-stateful-mock" ]]; then
+if stamp_is node "$NODE_FINGERPRINT" && [[ -d "$NODE_DIR/node_modules/playwright-core" ]]; then
     ok "up to date"
 else
     mkdir -p "$NODE_DIR"
@@ -183,7 +183,7 @@ else
     (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
     stamp_set node "$NODE_FINGERPRINT"
 fi
-ok "stripe-stateful-mock, playwright-core in .dev/node/node_modules"
+ok "playwright-core in .dev/node/node_modules"
 
 # --- chromium (browser tests) --------------------------------------------------
 step "chromium"
