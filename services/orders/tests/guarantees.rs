@@ -213,13 +213,24 @@ async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
 
 /// A hold as a crash leaves it: claimed at `age` ago by `order_id`.
 async fn leave_hold(orders: &support::TestOrders, key: &str, order_id: ObjectId, age: Duration) {
+    leave_hold_of(orders, key, order_id, "someone", age).await
+}
+
+/// The same, claimed for `user_id`'s order.
+async fn leave_hold_of(
+    orders: &support::TestOrders,
+    key: &str,
+    order_id: ObjectId,
+    user_id: &str,
+    age: Duration,
+) {
     let at = mongodb::bson::DateTime::from_millis(
         mongodb::bson::DateTime::now().timestamp_millis() - age.as_millis() as i64,
     );
     orders
         .db
         .collection::<mongodb::bson::Document>(holds::COLLECTION)
-        .insert_one(doc! { "_id": key, "orderId": order_id, "at": at })
+        .insert_one(doc! { "_id": key, "orderId": order_id, "userId": user_id, "at": at })
         .await
         .unwrap();
 }
@@ -254,10 +265,11 @@ async fn a_hold_whose_order_was_cancelled_or_never_written_is_given_back_and_no_
     // stands: that order may land any moment.
     let ticket = ObjectId::new();
     let in_flight = ObjectId::new();
-    leave_hold(
+    leave_hold_of(
         &orders,
         &holds::ticket_key(ticket),
         in_flight,
+        "u9",
         Duration::from_secs(1),
     )
     .await;
@@ -267,6 +279,18 @@ async fn a_hold_whose_order_was_cancelled_or_never_written_is_given_back_and_no_
             .await,
         Err(CreateError::TicketReserved)
     ));
+    // ...except to its own buyer asking again (the first answer was lost):
+    // the first attempt is given up at once and can never land.
+    store
+        .create(&Order::new("u9", ticket, expires), price, 4)
+        .await
+        .expect("the same buyer's retry supersedes its lost attempt");
+    let late = orders
+        .db
+        .collection::<mongodb::bson::Document>("orders")
+        .insert_one(doc! { "_id": in_flight, "ticketId": ticket, "status": "created" })
+        .await;
+    assert!(late.is_err_and(|e| common::mongo::is_duplicate_key(&e)));
 
     // Older than the grace: its order is given up for good (a tombstone
     // takes its id, so a late insert of it fails) and the ticket is free.

@@ -29,7 +29,9 @@
 //!   slot): the hold is stale and is deleted;
 //! - the owner does not exist and the hold is younger than
 //!   [`CREATION_GRACE`]: its order is being inserted right now, so the hold
-//!   stands;
+//!   stands — unless the same buyer asks for the same ticket again (the
+//!   earlier answer was lost, or the process died): then it is given up at
+//!   once, as below;
 //! - the owner does not exist and the hold is older: the owner is marked
 //!   *abandoned* by inserting a tombstone under its id into `orders`. If that
 //!   insert wins, the owner's own insert can never succeed (same `_id`), and
@@ -87,6 +89,9 @@ struct Hold {
     #[serde(rename = "_id")]
     key: String,
     order_id: ObjectId,
+    /// The buyer of that order.
+    #[serde(default)]
+    user_id: Option<String>,
     /// When it was claimed.
     at: bson::DateTime,
 }
@@ -122,12 +127,18 @@ impl Holds {
         }
     }
 
-    /// Claims `key` for `order_id`: `true` if it is now the order's (or
-    /// already was), `false` if a live order holds it.
-    pub async fn claim(&self, key: &str, order_id: ObjectId) -> anyhow::Result<bool> {
+    /// Claims `key` for `order_id` of `user_id`: `true` if it is now the
+    /// order's (or already was), `false` if a live order holds it.
+    pub async fn claim(
+        &self,
+        key: &str,
+        order_id: ObjectId,
+        user_id: &str,
+    ) -> anyhow::Result<bool> {
         let hold = Hold {
             key: key.to_owned(),
             order_id,
+            user_id: Some(user_id.to_owned()),
             at: bson::DateTime::now(),
         };
         for _ in 0..CLAIM_ATTEMPTS {
@@ -147,7 +158,7 @@ impl Holds {
             if current.order_id == order_id {
                 return Ok(true);
             }
-            if !self.give_back_if_stale(&current).await? {
+            if !self.give_back_if_stale(&current, Some(user_id)).await? {
                 return Ok(false);
             }
         }
@@ -198,7 +209,7 @@ impl Holds {
             .context("failed to read a hold")?
         {
             None => Ok(false),
-            Some(hold) => Ok(!self.is_stale(&hold).await?),
+            Some(hold) => Ok(!self.is_stale(&hold, None).await?),
         }
     }
 
@@ -216,8 +227,12 @@ impl Holds {
 
     /// Deletes `hold` if no live order owns it; whether it did (or the hold
     /// is gone anyway).
-    async fn give_back_if_stale(&self, hold: &Hold) -> anyhow::Result<bool> {
-        if !self.is_stale(hold).await? {
+    async fn give_back_if_stale(
+        &self,
+        hold: &Hold,
+        claimant: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        if !self.is_stale(hold, claimant).await? {
             return Ok(false);
         }
         self.release(std::slice::from_ref(&hold.key), hold.order_id)
@@ -226,13 +241,21 @@ impl Holds {
         Ok(true)
     }
 
-    /// Whether `hold`'s order no longer holds it (see the module docs).
-    async fn is_stale(&self, hold: &Hold) -> anyhow::Result<bool> {
+    /// Whether `hold`'s order no longer holds it (see the module docs), as
+    /// `claimant` (the buyer who wants it, if any) sees it.
+    async fn is_stale(&self, hold: &Hold, claimant: Option<&str>) -> anyhow::Result<bool> {
+        // The same buyer asking again for a ticket whose order has not
+        // appeared: the earlier attempt's answer was lost and it is given up
+        // now rather than after the grace (its insert, if it still comes,
+        // fails). Not for slots: a buyer's own concurrent orders each need one.
+        let superseded = hold.key.starts_with("ticket:")
+            && claimant.is_some()
+            && hold.user_id.as_deref() == claimant;
         loop {
             match self.owner_status(hold.order_id).await? {
                 Owner::Order(status) => return Ok(!hold.held_in(status)),
                 Owner::Abandoned => return Ok(true),
-                Owner::Missing if hold.age() < CREATION_GRACE => return Ok(false),
+                Owner::Missing if hold.age() < CREATION_GRACE && !superseded => return Ok(false),
                 Owner::Missing => {
                     if self.abandon(hold.order_id).await? {
                         return Ok(true);

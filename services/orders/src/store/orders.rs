@@ -218,7 +218,25 @@ impl Orders {
     /// inserts the order with `order.created` in its outbox, in one write
     /// (see the module docs). `price` is the ticket's price as the order
     /// saw it.
+    ///
+    /// It runs to its end in a task of its own, even when the request that
+    /// asked for it is abandoned (the client went away, the deadline passed):
+    /// stopped halfway, it would leave holds claimed for an order never
+    /// written, and the buyer's retry would find the ticket reserved by
+    /// nobody it can see.
     pub async fn create(
+        &self,
+        order: &Order,
+        price: Money,
+        max_active: u32,
+    ) -> Result<(), CreateError> {
+        let (store, order) = (self.clone(), order.clone());
+        tokio::spawn(async move { store.create_to_the_end(&order, price, max_active).await })
+            .await
+            .map_err(|e| CreateError::Other(anyhow::anyhow!("creating an order failed: {e}")))?
+    }
+
+    async fn create_to_the_end(
         &self,
         order: &Order,
         price: Money,
@@ -232,7 +250,7 @@ impl Orders {
             return Err(CreateError::TooManyActive);
         };
         let claimed = [slot.clone(), ticket.clone()];
-        match self.holds.claim(&ticket, order.id).await {
+        match self.holds.claim(&ticket, order.id, &order.user_id).await {
             Ok(true) => {}
             Ok(false) => {
                 self.give_back(&claimed[..1], order.id).await;
@@ -268,16 +286,13 @@ impl Orders {
             .await;
         match inserted {
             Ok(_) => {}
-            // Only `_id` is unique: the holds took so long that the order
-            // was given up (tombstoned) in the meantime.
+            // Only `_id` is unique: the order was given up (tombstoned) in
+            // the meantime — it took over the grace, or its buyer asked for
+            // the ticket again — and the ticket is someone's else now.
             Err(e) if common::mongo::is_duplicate_key(&e) => {
                 self.give_back(&claimed, order.id).await;
-                return Err(anyhow::anyhow!(
-                    "order {} took over {:?} to be written and was given up",
-                    order.id,
-                    holds::CREATION_GRACE
-                )
-                .into());
+                tracing::info!(order_id = %order.id, "order given up before it was written");
+                return Err(CreateError::TicketReserved);
             }
             Err(e) => {
                 // The write may still have landed (a lost reply): tombstone
@@ -319,7 +334,7 @@ impl Orders {
             .filter(|slot| taken.contains(slot))
             .take(taken.len());
         for slot in free.chain(held) {
-            if self.holds.claim(&slot, order.id).await? {
+            if self.holds.claim(&slot, order.id, &order.user_id).await? {
                 return Ok(Some(slot));
             }
         }
