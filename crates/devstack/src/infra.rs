@@ -215,7 +215,28 @@ impl ReadyCheck {
 impl Infra {
     /// Starts NATS, the MongoDB-wire server, Redis and (if asked) the Stripe
     /// fake, and waits until each one answers.
+    ///
+    /// A free port is picked before its server binds it, so another process
+    /// (a test running beside this one) may take it in between: a server that
+    /// stops at start-up because its address is in use is started again, on
+    /// freshly picked ports, up to [`START_ATTEMPTS`] times in all.
     pub async fn start(options: InfraOptions) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(options.clone()).await {
+                Err(err)
+                    if attempt < START_ATTEMPTS
+                        && format!("{err:#}").contains("address already in use") =>
+                {
+                    tracing::warn!(attempt, error = %format!("{err:#}"), "a port was taken meanwhile; starting again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(options: InfraOptions) -> anyhow::Result<Self> {
         let (data_dir, temp) = match &options.data_dir {
             Some(dir) => (create_dir(dir)?, None),
             None => {
@@ -493,6 +514,9 @@ impl Infra {
         result
     }
 }
+
+/// How many times [`Infra::start`] tries when a picked port was taken.
+const START_ATTEMPTS: u32 = 3;
 
 fn pick_port(fixed: Option<u16>, what: &str) -> anyhow::Result<u16> {
     match fixed {
