@@ -52,7 +52,9 @@
 //! | outcome | ack | log |
 //! |---|---|---|
 //! | [`Handled::Ack`] | `+ACK`, confirmed by the server before the slot is free | debug |
-//! | [`Handled::RetryLater`]`(d)` (e.g. a version gap) | `-NAK` with delay `d` | debug |
+//! | [`Handled::Early`] (a version gap: its predecessor is not in yet) | `-NAK` with [`BusConfig::early_delay`] | debug |
+//! | [`Handled::RetryLater`]`(d)` | `-NAK` with delay `d` | debug |
+//! | [`Handled::Invalid`] (it names what does not exist where it must) | `+TERM` | error, with the reason |
 //! | handler `Err` or panic | `-NAK` with exponential backoff on the delivery count | warn, with the error chain |
 //! | payload that does not decode, missing or unknown schema version | `+TERM` | error |
 //! | a retry on the last allowed delivery ([`BusConfig::max_deliver`]) | `+TERM` | error |
@@ -92,7 +94,6 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, ConnectOptions};
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _, stream::FuturesUnordered};
 use tokio::task::JoinHandle;
@@ -158,6 +159,13 @@ pub struct BusConfig {
     pub retry_base_delay: Duration,
     /// The cap of that delay (default 60 s).
     pub retry_max_delay: Duration,
+    /// The NAK delay of an event that arrived before its predecessor
+    /// ([`Handled::Early`]) on its first delivery; doubled on each further
+    /// one (default 0.5 s): quick when the predecessor is just behind.
+    pub early_base_delay: Duration,
+    /// The cap of that delay (default 30 s): patient when the predecessor's
+    /// publisher is down — about 7 minutes over the default 20 deliveries.
+    pub early_max_delay: Duration,
     /// How many messages of one consumer a replica handles at once (default
     /// 16; see the module docs). 1 handles them one after another.
     pub concurrency: usize,
@@ -179,6 +187,8 @@ impl BusConfig {
             max_deliver: 20,
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
+            early_base_delay: Duration::from_millis(500),
+            early_max_delay: Duration::from_secs(30),
             concurrency: 16,
         }
     }
@@ -232,6 +242,17 @@ impl BusConfig {
             self.retry_base_delay,
             delivered.saturating_sub(1),
             self.retry_max_delay,
+        )
+    }
+
+    /// The NAK delay of an early event ([`Handled::Early`]) on its
+    /// `delivered`-th delivery: early base × 2^(n−1), capped. The one
+    /// formula for every service's early events.
+    pub fn early_delay(&self, delivered: u64) -> Duration {
+        backoff::doubling(
+            self.early_base_delay,
+            delivered.saturating_sub(1),
+            self.early_max_delay,
         )
     }
 }
@@ -544,8 +565,9 @@ async fn connect_with_retry(config: &BusConfig) -> anyhow::Result<Client> {
     }
 }
 
-/// `orders-service` + `ticket.created` → `orders-service-ticket-created`.
-fn consumer_name(service: &str, subject: &str) -> anyhow::Result<String> {
+/// The durable consumer of `service` for `subject`: `orders-service` +
+/// `ticket.created` → `orders-service-ticket-created`.
+pub fn consumer_name(service: &str, subject: &str) -> anyhow::Result<String> {
     let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     if service.is_empty() || !service.chars().all(valid) {
         bail!(
@@ -575,9 +597,19 @@ pub struct Delivery {
 pub enum Handled {
     /// Done (or a duplicate of something already done): acknowledge it.
     Ack,
+    /// Arrived before an event it depends on (its predecessor version, the
+    /// cancel of the order holding the ticket): deliver it again after
+    /// [`BusConfig::early_delay`], which grows with each delivery. Counts
+    /// towards [`BusConfig::max_deliver`].
+    Early,
     /// Cannot be applied yet (e.g. its predecessor version has not arrived): deliver
     /// it again after this delay. Counts towards [`BusConfig::max_deliver`].
     RetryLater(Duration),
+    /// Can never be handled (it names what does not exist where it must:
+    /// an order for a ticket that tickets never had): `+TERM`, logged as an
+    /// error with this reason and counted `terminated`; it stays in the
+    /// stream for a human. Never an ack, which would count it handled.
+    Invalid(&'static str),
 }
 
 /// The business logic for one event type. The runner ([`Bus::listen`]) does the
@@ -587,13 +619,19 @@ pub enum Handled {
 /// and any outgoing events in the outbox). Return `Err` for failures that may pass
 /// (the database is down): the event is retried with backoff. Handlers must be
 /// idempotent: delivery is at least once.
-#[async_trait]
+///
+/// Implement it with `async fn handle`: the trait asks for a future that is
+/// `Send`, so the runner can run it on any worker thread.
 pub trait Listener: Send + Sync + 'static {
     /// The event type consumed, which also fixes the subject.
     type Event: Event;
 
     /// Applies one event.
-    async fn handle(&self, event: Self::Event, delivery: &Delivery) -> anyhow::Result<Handled>;
+    fn handle(
+        &self,
+        event: Self::Event,
+        delivery: &Delivery,
+    ) -> impl Future<Output = anyhow::Result<Handled>> + Send;
 }
 
 /// One durable consumer's loop.
@@ -832,12 +870,28 @@ impl<L: Listener> Runner<L> {
                 debug!("event handled");
                 Verdict::Ack
             }
-            Ok(Handled::RetryLater(_)) if last_attempt => {
+            Ok(Handled::Invalid(reason)) => {
+                error!(
+                    reason,
+                    message_id = delivery.message_id.as_deref().unwrap_or(""),
+                    "event can never be handled; terminated (it stays in the stream)"
+                );
+                Verdict::Term
+            }
+            Ok(Handled::RetryLater(_) | Handled::Early) if last_attempt => {
                 error!("event still not applicable on its last allowed delivery; terminated");
                 Verdict::Term
             }
             Ok(Handled::RetryLater(delay)) => {
                 debug!(?delay, "event not applicable yet; retrying later");
+                Verdict::Retry(delay)
+            }
+            Ok(Handled::Early) => {
+                let delay = self.bus.config.early_delay(delivery.delivered);
+                debug!(
+                    ?delay,
+                    "event arrived before its predecessor; retrying later"
+                );
                 Verdict::Retry(delay)
             }
             Err(err) if last_attempt => {
@@ -924,6 +978,15 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(config.retry_delay(0), Duration::from_secs(1));
         assert_eq!(config.retry_delay(u64::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn early_events_back_off_from_half_a_second_up_to_half_a_minute() {
+        let config = BusConfig::new("nats://x");
+        let delays: Vec<u128> = (1..=8).map(|n| config.early_delay(n).as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        assert_eq!(config.early_delay(0), Duration::from_millis(500));
+        assert_eq!(config.early_delay(u64::MAX), Duration::from_secs(30));
     }
 
     #[test]

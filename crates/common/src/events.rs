@@ -12,6 +12,15 @@
 //! most two decimals) and `expiresAt` written like JavaScript's `toISOString()`
 //! (`2026-01-02T03:04:05.678Z`, see [`iso_millis`]). Ids are 24-hex ObjectId strings.
 //!
+//! # Ids are checked at the edge
+//!
+//! The id of every record an event names (the ticket, the order) is read
+//! through [`object_id`]: a payload whose id is not a 24-hex ObjectId does
+//! not decode, so the listener runner terminates it and counts it
+//! `terminated` (DESIGN §4: a message that can never be handled), instead of
+//! a handler acking it as if it had been handled. A handler turns the
+//! checked id into an [`ObjectId`] with [`parse_id`].
+//!
 //! Unknown fields are ignored when reading, so adding an optional field is a
 //! compatible change. A change that old consumers would misread (a renamed or
 //! retyped field, a new meaning) bumps the type's [`Event::SCHEMA_VERSION`]; the
@@ -26,6 +35,7 @@
 //! publish retried by the outbox relay, or by two replicas racing, is stored once.
 
 use chrono::{DateTime, Utc};
+use mongodb::bson::oid::ObjectId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +89,12 @@ impl OrderStatus {
             OrderStatus::Complete => "complete",
         }
     }
+
+    /// Not paid and not cancelled yet: the order holds its ticket and can be
+    /// paid (`created` or `awaiting:payment`).
+    pub const fn is_open(self) -> bool {
+        matches!(self, OrderStatus::Created | OrderStatus::AwaitingPayment)
+    }
 }
 
 impl std::fmt::Display for OrderStatus {
@@ -92,6 +108,7 @@ impl std::fmt::Display for OrderStatus {
 #[serde(rename_all = "camelCase")]
 pub struct TicketCreated {
     /// The ticket's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub id: String,
     /// The ticket's version (0 for a new ticket).
     pub version: i64,
@@ -118,6 +135,7 @@ impl Event for TicketCreated {
 #[serde(rename_all = "camelCase")]
 pub struct TicketUpdated {
     /// The ticket's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub id: String,
     /// The ticket's new version.
     pub version: i64,
@@ -130,6 +148,12 @@ pub struct TicketUpdated {
     /// The order reserving the ticket; omitted from the JSON when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
+    /// The seller took the ticket off sale: it can no longer be ordered, and
+    /// an order for it that the ticket never reserved is to be cancelled.
+    /// Sent only when true (`"withdrawn": true`), an additive field that
+    /// consumers which do not know it ignore; absent reads as false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
 }
 
 impl Event for TicketUpdated {
@@ -145,6 +169,7 @@ impl Event for TicketUpdated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderTicket {
     /// The ticket's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub id: String,
     /// The ticket's price when the order was created.
     pub price: Money,
@@ -156,6 +181,7 @@ pub struct OrderTicket {
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
     /// The order's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub id: String,
     /// The order's version (0 for a new order).
     pub version: i64,
@@ -183,6 +209,7 @@ impl Event for OrderCreated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TicketRef {
     /// The ticket's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub id: String,
 }
 
@@ -191,6 +218,7 @@ pub struct TicketRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderCancelled {
     /// The order's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub id: String,
     /// The order's new version.
     pub version: i64,
@@ -213,6 +241,7 @@ impl Event for OrderCancelled {
 #[serde(rename_all = "camelCase")]
 pub struct ExpirationComplete {
     /// The expired order's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub order_id: String,
 }
 
@@ -232,6 +261,7 @@ pub struct PaymentCreated {
     /// The payment's id.
     pub id: String,
     /// The paid order's id.
+    #[serde(deserialize_with = "object_id::deserialize")]
     pub order_id: String,
     /// The Stripe charge id.
     pub stripe_id: String,
@@ -244,6 +274,34 @@ impl Event for PaymentCreated {
     fn message_id(&self) -> String {
         format!("{}:{}", Self::SUBJECT, self.id)
     }
+}
+
+/// Serde for the id of a record an event names: written as the string it
+/// is, read only if it is a 24-hex ObjectId (see the module docs).
+///
+/// `#[serde(deserialize_with = "common::events::object_id::deserialize")] id: String`
+pub mod object_id {
+    use mongodb::bson::oid::ObjectId;
+    use serde::{Deserialize, Deserializer, de};
+
+    /// Reads a string that is a 24-hex ObjectId; anything else is an error.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match ObjectId::parse_str(&text) {
+            Ok(_) => Ok(text),
+            Err(_) => Err(de::Error::custom(format_args!(
+                "invalid id {text:?}: not a 24-hex ObjectId"
+            ))),
+        }
+    }
+}
+
+/// The [`ObjectId`] of an id an event names. A decoded event's ids always
+/// parse ([`object_id`] checked them); one built by hand that does not is an
+/// error — never a silent ack — so the runner retries and then terminates it.
+pub fn parse_id(field: &'static str, value: &str) -> anyhow::Result<ObjectId> {
+    ObjectId::parse_str(value)
+        .map_err(|_| anyhow::anyhow!("event field {field} is not an ObjectId: {value:?}"))
 }
 
 /// Serde helpers for timestamps in JavaScript's `Date.prototype.toISOString()`

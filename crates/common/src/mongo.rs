@@ -1,4 +1,4 @@
-//! MongoDB: connecting, readiness and the duplicate-key helper.
+//! MongoDB: connecting, readiness and duplicate keys as values.
 //!
 //! Every service owns one database, named by the path of its `MONGO_URI`
 //! (`mongodb://host:27017/orders`), falling back to the service name.
@@ -47,6 +47,48 @@ pub async fn ping(db: &Database) -> anyhow::Result<()> {
         .await
         .context("MongoDB did not answer ping")?;
     Ok(())
+}
+
+/// Drops the index `name` of `collection` if it is there (a retired index:
+/// idempotent, and a missing collection or index is not an error).
+pub async fn drop_index_if_present<T: Send + Sync>(
+    collection: &mongodb::Collection<T>,
+    name: &str,
+) -> mongodb::error::Result<()> {
+    match collection.drop_index(name).await {
+        Ok(()) => {
+            tracing::info!(index = name, "dropped a retired index");
+            Ok(())
+        }
+        // 26 NamespaceNotFound (no collection yet), 27 IndexNotFound.
+        Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 26 || c.code == 27) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A write's unique-index violation as a value: for the writes where a key
+/// already taken is an outcome of the domain (a redelivered event, an email
+/// already registered, a race another writer won), not a failure.
+///
+/// ```ignore
+/// let inserted = tickets.insert_one(ticket).await.unless_duplicate()?.is_some();
+/// ```
+pub trait DuplicateKey<T> {
+    /// `Ok(None)` for a unique-index violation, `Ok(Some(_))` for the
+    /// write's result, any other error as it is.
+    fn unless_duplicate(self) -> mongodb::error::Result<Option<T>>;
+}
+
+impl<T> DuplicateKey<T> for mongodb::error::Result<T> {
+    fn unless_duplicate(self) -> mongodb::error::Result<Option<T>> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if is_duplicate_key(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Whether an error is a unique-index violation — the one place that knows

@@ -65,7 +65,8 @@ pub fn document(title: &str, version: &str, description: &str) -> OpenApi {
         SESSION_SCHEME,
         SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
             COOKIE_NAME,
-            "The session cookie auth sets on sign-up and sign-in: base64 of {\"jwt\":\"<token>\"}",
+            "The session cookie auth sets on sign-up and sign-in: base64 of {\"jwt\":\"<token>\"}. \
+             Also accepted under the original app's name, `express:sess`",
         ))),
     );
     components.add_security_scheme(

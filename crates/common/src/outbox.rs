@@ -88,6 +88,13 @@ pub fn push<E: Event>(event: &E) -> anyhow::Result<Document> {
     Ok(doc! { FIELD: OutboxEvent::of(event)?.to_bson()? })
 }
 
+/// `document`, a new record, with `event` as its outbox's one entry: the
+/// insert that creates a record and announces it, in one write.
+pub fn with_event<E: Event>(mut document: Document, event: &E) -> anyhow::Result<Document> {
+    document.insert(FIELD, vec![OutboxEvent::of(event)?.to_bson()?]);
+    Ok(document)
+}
+
 /// What writers hold: wakes the relay for a document they just wrote.
 #[derive(Debug, Clone)]
 pub struct Outbox {

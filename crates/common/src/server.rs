@@ -25,11 +25,13 @@
 
 use std::{
     any::Any,
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
+use anyhow::Context as _;
 use axum::{
     Router,
     body::{Body, Bytes},
@@ -51,8 +53,10 @@ use tower_http::{
 use tracing::Level;
 
 use crate::{
+    bus::{Bus, Listener},
     error::{Error, not_found},
     metrics,
+    outbox::Relay,
 };
 
 /// Largest request body any route accepts.
@@ -255,6 +259,117 @@ pub async fn serve(
             tracing::warn!("in-flight requests did not finish in {drain:?}; stopping anyway");
             Ok(())
         }
+    }
+}
+
+/// The future of a task that runs beside the server.
+pub type Task = futures::future::BoxFuture<'static, anyhow::Result<()>>;
+
+/// How a background task starts: given the service's stop token, it does
+/// what must succeed before the service answers (creating a consumer) and
+/// returns the task to run.
+type Start = Box<
+    dyn FnOnce(CancellationToken) -> futures::future::BoxFuture<'static, anyhow::Result<Task>>
+        + Send,
+>;
+
+/// A service bound to its port: its router and the background tasks it
+/// runs (event listeners, outbox relays, schedulers), all under one stop
+/// token. What every service's `Application::build` returns; the service's
+/// own code says only which router and which tasks.
+///
+/// [`Service::run_until`] starts the tasks in the order they were added; if
+/// one fails to start, the ones already running are stopped and joined
+/// before the error is returned, so nothing outlives a failed start. Then
+/// it serves (see [`run`]) until the caller's token is cancelled or a task
+/// fails, which stops every other task — never the caller's token.
+pub struct Service {
+    name: &'static str,
+    listener: TcpListener,
+    port: u16,
+    router: Router,
+    starts: Vec<Start>,
+}
+
+impl Service {
+    /// Binds `port` on every interface (`0` picks a free one) for `router`.
+    pub async fn bind(name: &'static str, port: u16, router: Router) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("failed to bind port {port}"))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self {
+            name,
+            listener,
+            port,
+            router,
+            starts: Vec::new(),
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs `task(stop)` beside the server; it must return once `stop` is
+    /// cancelled.
+    pub fn task<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.starts.push(Box::new(move |stop| {
+            Box::pin(async move { Ok(Box::pin(task(stop)) as Task) })
+        }));
+        self
+    }
+
+    /// Consumes `listener`'s events as `service`'s durable consumer; the
+    /// consumer exists before the server answers.
+    pub fn listen<L: Listener>(mut self, bus: &Bus, service: &'static str, listener: L) -> Self {
+        let bus = bus.clone();
+        self.starts.push(Box::new(move |stop| {
+            Box::pin(async move {
+                let running = bus.listen(service, listener, stop).await?;
+                Ok(Box::pin(async move { running.await? }) as Task)
+            })
+        }));
+        self
+    }
+
+    /// Publishes `relay`'s outbox, or — `None`, a test playing a crash
+    /// between each write and its publish — says that nothing will.
+    pub fn relay(self, relay: Option<Relay>) -> Self {
+        match relay {
+            Some(relay) => self.task(move |stop| relay.run(stop)),
+            None => {
+                tracing::warn!("outbox relay disabled: events stay in the outbox");
+                self
+            }
+        }
+    }
+
+    /// Starts the tasks, then serves until `shutdown` is cancelled or a task
+    /// fails; drains in-flight requests and joins every task before it
+    /// returns.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let stop = shutdown.child_token();
+        let mut background = tokio::task::JoinSet::new();
+        for start in self.starts {
+            match start(stop.clone()).await {
+                Ok(task) => {
+                    background.spawn(task);
+                }
+                Err(err) => {
+                    stop.cancel();
+                    while background.join_next().await.is_some() {}
+                    return Err(err.context(format!("{} failed to start", self.name)));
+                }
+            }
+        }
+        tracing::info!(port = self.port, "{} listening", self.name);
+        run(self.listener, self.router, background, stop).await
     }
 }
 

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::bus::{Bus, BusConfig, Delivery, Handled, Listener, SCHEMA_VERSION_HEADER};
 use common::events::{Event, TicketCreated};
 use common::money::Money;
@@ -78,7 +77,6 @@ struct Recorder {
     work: Duration,
 }
 
-#[async_trait]
 impl Listener for Recorder {
     type Event = TicketCreated;
 
@@ -117,6 +115,18 @@ async fn next(seen: &mut Seen, secs: u64) -> (TicketCreated, Delivery) {
         .await
         .expect("timed out waiting for a delivery")
         .expect("listener gone")
+}
+
+/// When each of the next `count` deliveries, all of `event`, arrived
+/// (delivery counts 1, 2, …).
+async fn deliveries_of(seen: &mut Seen, event: &TicketCreated, count: u64) -> Vec<Instant> {
+    let mut times = Vec::new();
+    for attempt in 1..=count {
+        let (delivered, delivery) = next(seen, 5).await;
+        assert_eq!((&delivered, delivery.delivered), (event, attempt));
+        times.push(Instant::now());
+    }
+    times
 }
 
 /// Asserts that nothing more is delivered within `window`.
@@ -276,6 +286,44 @@ async fn a_message_retried_later_is_redelivered_after_its_delay() {
 }
 
 #[tokio::test]
+async fn an_early_event_is_redelivered_after_the_configs_growing_early_delay() {
+    let bus = test_bus(|config| {
+        config.early_base_delay = Duration::from_millis(300);
+        config.early_max_delay = Duration::from_secs(5);
+    })
+    .await;
+    let shutdown = CancellationToken::new();
+    // Early on its first two deliveries: waits 300 ms, then 600 ms.
+    let (listener, mut seen) = recorder(|_, delivery| {
+        Ok(if delivery.delivered < 3 {
+            Handled::Early
+        } else {
+            Handled::Ack
+        })
+    });
+    let runner = bus
+        .listen("orders-service", listener, shutdown.clone())
+        .await
+        .unwrap();
+
+    bus.publish(&ticket(1)).await.unwrap();
+    let times = deliveries_of(&mut seen, &ticket(1), 3).await;
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(250),
+        "{times:?}"
+    );
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(550),
+        "{times:?}"
+    );
+    assert_quiet(&mut seen, Duration::from_millis(500)).await;
+    assert_consumer_drained(&bus, "orders-service-ticket-created").await;
+
+    stop(&shutdown, runner).await;
+    cleanup(&bus).await;
+}
+
+#[tokio::test]
 async fn a_failed_handler_is_retried_with_backoff_until_it_succeeds() {
     let bus = test_bus(|_| {}).await;
     let shutdown = CancellationToken::new();
@@ -292,12 +340,7 @@ async fn a_failed_handler_is_retried_with_backoff_until_it_succeeds() {
         .unwrap();
 
     bus.publish(&ticket(1)).await.unwrap();
-    let mut times = Vec::new();
-    for attempt in 1..=3 {
-        let (event, delivery) = next(&mut seen, 5).await;
-        assert_eq!((event, delivery.delivered), (ticket(1), attempt));
-        times.push(Instant::now());
-    }
+    let times = deliveries_of(&mut seen, &ticket(1), 3).await;
     // Backoff: 100 ms after the first failure, 200 ms after the second.
     assert!(
         times[1] - times[0] >= Duration::from_millis(80),
@@ -582,7 +625,6 @@ impl Gauge {
     }
 }
 
-#[async_trait]
 impl Listener for Gauge {
     type Event = TicketCreated;
 

@@ -76,6 +76,7 @@ fn ticket_updated_omits_a_missing_order_id() {
         price: Money::from_cents(99),
         user_id: USER.into(),
         order_id: None,
+        withdrawn: false,
     };
     assert_wire(
         &event,
@@ -88,6 +89,20 @@ fn ticket_updated_omits_a_missing_order_id() {
     );
     assert_eq!(TicketUpdated::SUBJECT, "ticket.updated");
     assert_eq!(event.message_id(), format!("ticket.updated:{TICKET}:3"));
+}
+
+#[test]
+fn ticket_updated_adds_withdrawn_only_when_true_and_reads_it_absent_as_false() {
+    let mut event: TicketUpdated = serde_json::from_value(
+        json!({"id": TICKET, "version": 2, "title": "T", "price": 5, "userId": USER}),
+    )
+    .unwrap();
+    assert!(!event.withdrawn);
+    event.withdrawn = true;
+    assert_wire(
+        &event,
+        json!({"id": TICKET, "version": 2, "title": "T", "price": 5, "userId": USER, "withdrawn": true}),
+    );
 }
 
 #[test]
@@ -219,4 +234,38 @@ fn unknown_fields_are_ignored_and_bad_prices_rejected() {
     assert!(serde_json::from_value::<TicketCreated>(three_decimals).is_err());
     let missing_user = json!({"id": TICKET, "version": 0, "title": "T", "price": 5});
     assert!(serde_json::from_value::<TicketCreated>(missing_user).is_err());
+}
+
+#[test]
+fn an_id_that_is_not_an_object_id_does_not_decode() {
+    fn rejects<E: Event>(payload: Value) {
+        let err = serde_json::from_value::<E>(payload.clone()).err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.to_string().contains("not a 24-hex ObjectId")),
+            "{} decoded {payload} ({err:?})",
+            E::SUBJECT
+        );
+    }
+    let ticket =
+        |id: &str| json!({"id": id, "version": 0, "title": "T", "price": 5, "userId": USER});
+    rejects::<TicketCreated>(ticket("not-a-ticket"));
+    rejects::<TicketUpdated>(ticket(&TICKET[..23]));
+    let order = |id: &str, ticket: &str| {
+        json!({"id": id, "version": 0, "status": "created", "userId": USER,
+            "expiresAt": "2026-01-02T03:04:05.678Z", "ticket": {"id": ticket, "price": 5}})
+    };
+    rejects::<OrderCreated>(order("o1", TICKET));
+    rejects::<OrderCreated>(order(ORDER, "t1"));
+    rejects::<OrderCancelled>(json!({"id": "o1", "version": 1, "ticket": {"id": TICKET}}));
+    rejects::<OrderCancelled>(json!({"id": ORDER, "version": 1, "ticket": {"id": ""}}));
+    rejects::<ExpirationComplete>(json!({"orderId": "zz1b2c3d4e5f60718293a4bc"}));
+    rejects::<PaymentCreated>(json!({"id": PAYMENT, "orderId": "o1", "stripeId": "pi_1"}));
+    // The wire stays the 24-hex string, read back as it was written.
+    assert_wire(
+        &ExpirationComplete {
+            order_id: ORDER.into(),
+        },
+        json!({"orderId": ORDER}),
+    );
 }

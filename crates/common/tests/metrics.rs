@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::{
     Router,
     body::Body,
@@ -191,11 +190,15 @@ async fn a_declared_body_over_the_limit_is_refused_with_413_on_any_route() {
     );
 }
 
-/// Acks `ok`; fails the first delivery of `fail`; asks for a later
-/// redelivery of the first delivery of `later`.
+/// Order ids the [`Flaky`] listener treats differently.
+const OK: &str = "65a1b2c3d4e5f60718293a01";
+const FAIL: &str = "65a1b2c3d4e5f60718293a02";
+const LATER: &str = "65a1b2c3d4e5f60718293a03";
+
+/// Acks `OK`; fails the first delivery of `FAIL`; asks for a later
+/// redelivery of the first delivery of `LATER`.
 struct Flaky;
 
-#[async_trait]
 impl Listener for Flaky {
     type Event = ExpirationComplete;
 
@@ -205,8 +208,8 @@ impl Listener for Flaky {
         delivery: &Delivery,
     ) -> anyhow::Result<Handled> {
         match (event.order_id.as_str(), delivery.delivered) {
-            ("fail", 1) => anyhow::bail!("the database is down"),
-            ("later", 1) => Ok(Handled::RetryLater(Duration::from_millis(50))),
+            (FAIL, 1) => anyhow::bail!("the database is down"),
+            (LATER, 1) => Ok(Handled::RetryLater(Duration::from_millis(50))),
             _ => Ok(Handled::Ack),
         }
     }
@@ -222,7 +225,7 @@ async fn deliveries_are_counted_per_consumer_and_outcome() {
     let shutdown = CancellationToken::new();
     let runner = bus.listen(&service, Flaky, shutdown.clone()).await.unwrap();
 
-    for order_id in ["ok", "fail", "later"] {
+    for order_id in [OK, FAIL, LATER] {
         bus.publish(&ExpirationComplete {
             order_id: order_id.into(),
         })
@@ -232,6 +235,13 @@ async fn deliveries_are_counted_per_consumer_and_outcome() {
     bus.publish_raw("expiration.complete", 1, "poison", "{not json".into())
         .await
         .unwrap();
+    // Well-formed JSON whose id is no ObjectId: it can never be handled
+    // either, so it is terminated too — not acked as handled.
+    bus.publish(&ExpirationComplete {
+        order_id: "not-an-object-id".into(),
+    })
+    .await
+    .unwrap();
 
     let count = |text: &str, outcome: &str| {
         metrics::sample(
@@ -250,7 +260,14 @@ async fn deliveries_are_counted_per_consumer_and_outcome() {
         settled.unwrap_or_else(|| panic!("three events were never handled: {}", metrics::render()));
     assert_eq!(count(&text, "failed"), 1.0, "{text}");
     assert_eq!(count(&text, "retried"), 1.0, "{text}");
-    assert_eq!(count(&text, "terminated"), 1.0, "{text}");
+    let text = testkit::eventually(Duration::from_secs(10), || async {
+        let text = metrics::render();
+        (count(&text, "terminated") >= 2.0).then_some(text)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the malformed id was not terminated: {}", metrics::render()));
+    assert_eq!(count(&text, "terminated"), 2.0, "{text}");
+    assert_eq!(count(&text, "handled"), 3.0, "{text}");
     assert_eq!(
         metrics::sample(
             &text,
@@ -258,7 +275,7 @@ async fn deliveries_are_counted_per_consumer_and_outcome() {
             &[("consumer", consumer.as_str())]
         ),
         Some(5.0),
-        "the listener ran five times (the poison message never reached it): {text}"
+        "the listener ran five times (the poison message and the malformed id never reached it): {text}"
     );
     assert!(
         metrics::sample(
@@ -266,7 +283,7 @@ async fn deliveries_are_counted_per_consumer_and_outcome() {
             "bus_published_total",
             &[("subject", "expiration.complete"), ("outcome", "ok")]
         )
-        .is_some_and(|n| n >= 4.0),
+        .is_some_and(|n| n >= 5.0),
         "{text}"
     );
 

@@ -29,6 +29,7 @@ fn ticket_updated(id: ObjectId, version: i64) -> TicketUpdated {
         price: Money::from_cents(1000 + version),
         user_id: ObjectId::new().to_hex(),
         order_id: None,
+        withdrawn: false,
     }
 }
 
