@@ -118,53 +118,50 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 /// `JWT_KEY` from the environment, else the key in `path`, else a new random
 /// key written there (so sessions survive `make dev` restarts).
 pub fn load_or_create_jwt_key(path: &Path) -> anyhow::Result<String> {
-    if let Ok(key) = std::env::var("JWT_KEY")
-        && !key.is_empty()
+    load_or_create_secret("JWT_KEY", path, random_key)
+}
+
+/// `STRIPE_WEBHOOK_SECRET` if set, else the local fake's signing secret kept
+/// in `path` (created on first use), so that `make dev` restarts keep it.
+pub fn load_or_create_webhook_secret(path: &Path) -> anyhow::Result<String> {
+    load_or_create_secret("STRIPE_WEBHOOK_SECRET", path, || {
+        format!("whsec_{}", random_key())
+    })
+}
+
+/// `variable` from the environment if set, else the secret kept in `path`,
+/// else `make()`'s, written there readable by its owner only.
+fn load_or_create_secret(
+    variable: &str,
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    if let Ok(secret) = std::env::var(variable)
+        && !secret.is_empty()
     {
-        return Ok(key);
+        return Ok(secret);
     }
-    if let Ok(key) = std::fs::read_to_string(path) {
-        let key = key.trim();
-        if !key.is_empty() {
-            return Ok(key.to_owned());
+    if let Ok(secret) = std::fs::read_to_string(path) {
+        let secret = secret.trim();
+        if !secret.is_empty() {
+            return Ok(secret.to_owned());
         }
     }
-    let key = random_key();
+    let secret = make();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create {}", dir.display()))?;
     }
-    std::fs::write(path, format!("{key}\n"))
+    std::fs::write(path, format!("{secret}\n"))
         .with_context(|| format!("failed to write {}", path.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
-    Ok(key)
-}
-
-/// 256 random bits, hex-encoded.
-/// `STRIPE_WEBHOOK_SECRET` if set, else the local fake's signing secret kept
-/// in `path` (created on first use), so that `make dev` restarts keep it.
-pub fn load_or_create_webhook_secret(path: &Path) -> anyhow::Result<String> {
-    if let Ok(secret) = std::env::var("STRIPE_WEBHOOK_SECRET")
-        && !secret.is_empty()
-    {
-        return Ok(secret);
-    }
-    if let Ok(secret) = std::fs::read_to_string(path)
-        && !secret.trim().is_empty()
-    {
-        return Ok(secret.trim().to_owned());
-    }
-    let secret = format!("whsec_{}", random_key());
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, &secret).with_context(|| format!("failed to write {}", path.display()))?;
     Ok(secret)
 }
 
+/// 256 random bits, hex-encoded.
 pub fn random_key() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()

@@ -23,11 +23,42 @@ use crate::process::Process;
 /// Upper bound for a single probe attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A free TCP port on 127.0.0.1 (bind to port 0, read it, release it).
+/// How long a port [`free_port`] handed out is not handed out again.
+const GIVEN_FOR: Duration = Duration::from_secs(120);
+
+/// The ports [`free_port`] handed out lately, by this process.
+static GIVEN: std::sync::Mutex<std::collections::VecDeque<(u16, Instant)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// A free TCP port on 127.0.0.1 (bind to port 0, read it, release it), not
+/// one this process handed out in the last [`GIVEN_FOR`].
+///
+/// The port is free when it is read, but its server binds it only a moment
+/// later, and the kernel may give the same port to the next `bind(0)` in the
+/// meantime: two services of one fleet, or of two tests running side by
+/// side, once got the same port — one failed to bind and exited, and the
+/// other answered the first one's readiness probe and its requests.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        std::net::TcpListener::bind(("127.0.0.1", 0)).context("failed to find a free port")?;
-    Ok(listener.local_addr()?.port())
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    while given
+        .front()
+        .is_some_and(|(_, at)| now.duration_since(*at) > GIVEN_FOR)
+    {
+        given.pop_front();
+    }
+    for _ in 0..256 {
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", 0)).context("failed to find a free port")?;
+        let port = listener.local_addr()?.port();
+        if given.iter().all(|(taken, _)| *taken != port) {
+            given.push_back((port, now));
+            return Ok(port);
+        }
+    }
+    bail!("no free port that was not handed out lately")
 }
 
 /// `127.0.0.1:port`.
@@ -264,5 +295,20 @@ mod bson {
             let doc = &msg[21..];
             assert_eq!(read_i32(doc, 0).unwrap() as usize, doc.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_hands_out_a_port_twice_in_a_row() {
+        // Released at once, as a fleet's ports are until their services
+        // bind them: the kernel gives some of them again within a few
+        // hundred `bind(0)`s.
+        let ports: Vec<u16> = (0..400).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<&u16> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 }

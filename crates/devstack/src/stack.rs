@@ -173,6 +173,10 @@ impl Stack {
         &mut self.infra
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "only `stop`, which consumes the stack, takes the fleet"
+    )]
     pub fn fleet(&self) -> &Fleet {
         self.fleet
             .as_ref()
@@ -180,6 +184,10 @@ impl Stack {
     }
 
     /// For fault injection: kill, stop, start or restart one service.
+    #[expect(
+        clippy::expect_used,
+        reason = "only `stop`, which consumes the stack, takes the fleet"
+    )]
     pub fn fleet_mut(&mut self) -> &mut Fleet {
         self.fleet
             .as_mut()

@@ -31,9 +31,13 @@
 //!   intent goes to `requires_action` until
 //!   `POST /_fake/payment_intents/{id}/authenticate` (`result=succeed|fail`),
 //!   which the fake Stripe.js calls from its authentication dialog.
-//! - `POST /_fake/hold` (`method`, `path`, `seconds`): the account's next such
-//!   request is carried out but answered only after the delay, so a fault
-//!   test can kill the caller between Stripe's work and its answer.
+//! - `POST /_fake/hold` (`method`, `path`, `seconds`, `when`): the account's
+//!   next such request is carried out but answered only after the delay
+//!   (`when=after`, the default), so a fault test can kill the caller between
+//!   Stripe's work and its answer; or carried out only after the delay
+//!   (`when=before`), so a test can make another request overtake it (a
+//!   buyer's 3-D Secure success landing before the cancel sent when the
+//!   order was cancelled).
 //! - Every change makes a Stripe event (`payment_intent.succeeded`, …),
 //!   POSTed to the account's webhook endpoints and to the default endpoint
 //!   ([`StripeFake::set_default_webhook`]) with a real
@@ -81,6 +85,7 @@ pub struct WebhookTarget {
 
 /// The `Stripe-Signature` header value for `payload` at `timestamp`, as
 /// Stripe computes it: `t=<ts>,v1=<hex HMAC-SHA256(secret, "<ts>.<payload>")>`.
+#[expect(clippy::expect_used, reason = "HMAC takes keys of any length")]
 pub fn signature_header(secret: &str, timestamp: i64, payload: &[u8]) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any size");
@@ -199,9 +204,9 @@ struct Shared {
     base_url: Mutex<String>,
     /// Delivery attempts of one event to one endpoint.
     webhook_retries: u32,
-    /// Answers to hold back (fault tests): the request is carried out, its
-    /// answer sent only after the delay — a caller that dies meanwhile never
-    /// learns what Stripe did.
+    /// Requests to hold back (fault tests): carried out, their answer sent
+    /// only after the delay — a caller that dies meanwhile never learns what
+    /// Stripe did — or carried out only after it.
     holds: Mutex<Vec<Hold>>,
 }
 
@@ -211,6 +216,8 @@ struct Hold {
     method: String,
     path: String,
     delay: Duration,
+    /// Wait before carrying the request out rather than before answering.
+    before: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -502,8 +509,8 @@ async fn handle(
             false,
         ));
     };
-    // `POST /_fake/hold` (`method`, `path`, `seconds`): hold back the answer
-    // of the account's next such request.
+    // `POST /_fake/hold` (`method`, `path`, `seconds`, `when`): hold back the
+    // account's next such request, its answer or the whole of it.
     if path == "/_fake/hold" && caller.secret {
         let hold = Hold {
             account: caller.account.clone(),
@@ -515,6 +522,17 @@ async fn handle(
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(30),
             ),
+            before: match params.get("when") {
+                None | Some("after") => false,
+                Some("before") => true,
+                Some(_) => {
+                    return answer(Outcome::invalid(
+                        "when must be before or after",
+                        Some("when"),
+                        None,
+                    ));
+                }
+            },
         };
         lock(&shared.holds).push(hold);
         return answer(Outcome::ok(json!({"held": true})));
@@ -526,7 +544,14 @@ async fn handle(
             .position(|h| {
                 h.account == caller.account && h.method == method.as_str() && h.path == path
             })
-            .map(|i| holds.remove(i).delay)
+            .map(|i| holds.remove(i))
+    };
+    let held = match held {
+        Some(hold) if hold.before => {
+            tokio::time::sleep(hold.delay).await;
+            None
+        }
+        hold => hold.map(|hold| hold.delay),
     };
     let idempotency_key = (method == Method::POST)
         .then(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()))

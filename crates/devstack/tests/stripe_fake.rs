@@ -173,3 +173,90 @@ async fn events_are_posted_with_a_valid_signature_and_retried_until_accepted() {
         signature_header("whsec_fake_tests", timestamp, body.as_bytes())
     );
 }
+
+async fn hold(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/_fake/hold"))
+        .bearer_auth(KEY)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn status_of(base: &str, id: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/v1/payment_intents/{id}"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    response.json::<Value>().await.unwrap()["status"].clone()
+}
+
+#[tokio::test]
+async fn a_held_request_is_carried_out_at_once_or_only_after_its_delay() {
+    let fake = StripeFake::start(0).await.unwrap();
+    let base = fake.base_url();
+    let (_, intent) = post(&base, "payment_intents", None, "amount=500&currency=usd").await;
+    let id = intent["id"].as_str().unwrap().to_owned();
+    let cancel = format!("/v1/payment_intents/{id}/cancel");
+
+    // when=after (the default): done at once, answered after the delay.
+    let (status, _) = hold(&base, &[("path", &cancel), ("seconds", "2")]).await;
+    assert_eq!(status, 200);
+    let cancelling = {
+        let (base, path) = (base.clone(), format!("payment_intents/{id}/cancel"));
+        tokio::spawn(async move { post(&base, &path, None, "").await })
+    };
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = status_of(&base, &id).await;
+        if seen == "canceled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, "canceled", "carried out before the answer");
+    assert!(!cancelling.is_finished(), "the answer is held back");
+    let (status, cancelled) = cancelling.await.unwrap();
+    assert_eq!(
+        (status, &cancelled["status"]),
+        (200, &Value::from("canceled"))
+    );
+
+    // when=before: a later request overtakes the held one.
+    let (_, intent) = post(&base, "payment_intents", None, "amount=500&currency=usd").await;
+    let id = intent["id"].as_str().unwrap().to_owned();
+    let (status, _) = hold(
+        &base,
+        &[
+            ("path", &format!("/v1/payment_intents/{id}/cancel")),
+            ("seconds", "1"),
+            ("when", "before"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let cancelling = {
+        let (base, path) = (base.clone(), format!("payment_intents/{id}/cancel"));
+        tokio::spawn(async move { post(&base, &path, None, "").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, paid) = post(
+        &base,
+        &format!("payment_intents/{id}/confirm"),
+        None,
+        "payment_method=pm_card_visa",
+    )
+    .await;
+    assert_eq!((status, &paid["status"]), (200, &Value::from("succeeded")));
+    let (status, late) = cancelling.await.unwrap();
+    assert_eq!(status, 400, "the cancel found the intent paid: {late}");
+    assert_eq!(late["error"]["code"], "payment_intent_unexpected_state");
+
+    let (status, refused) = hold(&base, &[("path", "/v1/refunds"), ("when", "soon")]).await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["param"], "when");
+}

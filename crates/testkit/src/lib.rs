@@ -20,6 +20,10 @@
 //! `#[tokio::test]` has its own runtime, and a client's background tasks die
 //! with the runtime that spawned them.
 
+// A test kit: a set-up that cannot be done is the test failing, so it
+// unwraps and expects (the workspace denies both everywhere else).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     net::SocketAddr,
     sync::OnceLock,
@@ -167,6 +171,22 @@ pub fn signin_as(id: &str, email: &str) -> String {
         .issue(id, email)
         .expect("testkit: failed to sign a token");
     cookie_pair(&sessions().cookie(&token))
+}
+
+/// A `Cookie` header value signing in a fresh user the way the original
+/// app's tests forge it: `express:sess=<base64 of {"jwt":"<token>"}>`, the
+/// name cookie-session 1.x gives it, built by hand as `global.signin()` does
+/// (`Buffer.from(JSON.stringify({jwt})).toString('base64')`).
+pub fn signin_like_the_original() -> String {
+    use base64::Engine as _;
+    let token = sessions()
+        .issue(&ObjectId::new().to_hex(), "test@test.com")
+        .expect("testkit: failed to sign a token");
+    let json = serde_json::json!({ "jwt": token }).to_string();
+    format!(
+        "express:sess={}",
+        base64::engine::general_purpose::STANDARD.encode(json)
+    )
 }
 
 /// A `Cookie` header value whose token expired a minute ago.
@@ -332,13 +352,17 @@ impl Reply {
             .collect()
     }
 
-    /// The `session=…` pair to send back as a `Cookie` header, if one was set.
+    /// The session cookie's `name=value` pair (`session=…` or
+    /// `express:sess=…`) to send back as a `Cookie` header, if one was set.
     pub fn session_cookie(&self) -> Option<String> {
         self.headers
             .get_all(reqwest::header::SET_COOKIE)
             .iter()
             .map(cookie_pair)
-            .find(|pair| pair.starts_with("session="))
+            .find(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(name, _)| common::session::is_session_cookie(name))
+            })
     }
 
     /// The messages of an `{"errors":[…]}` body.
@@ -496,6 +520,65 @@ pub async fn wait_for_published<E: common::events::Event>(
             seen.len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (10 s at most, else panics) until `service`'s durable consumer of
+/// `subject` has been delivered everything in the stream, at least one
+/// message, and has acked it all; returns the consumer's info (to check,
+/// say, that nothing needed a redelivery).
+pub async fn wait_until_consumed(
+    bus: &common::bus::Bus,
+    service: &str,
+    subject: &str,
+) -> async_nats::jetstream::consumer::Info {
+    let name = common::bus::consumer_name(service, subject)
+        .expect("testkit: not a service name for a durable consumer");
+    eventually(Duration::from_secs(10), || async {
+        let stream = bus
+            .jetstream()
+            .get_stream(&bus.config().stream)
+            .await
+            .ok()?;
+        let info = stream.consumer_info(&name).await.ok()?;
+        (info.num_pending == 0
+            && info.num_ack_pending == 0
+            && info.delivered.stream_sequence > 0
+            && info.ack_floor.stream_sequence == info.delivered.stream_sequence)
+            .then_some(info)
+    })
+    .await
+    .unwrap_or_else(|| panic!("consumer {name} did not ack everything within 10s"))
+}
+
+/// A new `order.created` as the orders service publishes it: fresh ids,
+/// version 0, expiring in 15 minutes (to the millisecond, as on the wire),
+/// a ticket at 20.00. A test sets what it is about with struct update
+/// syntax: `OrderCreated { expires_at, ..testkit::order_created() }`.
+pub fn order_created() -> common::events::OrderCreated {
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(15);
+    common::events::OrderCreated {
+        id: ObjectId::new().to_hex(),
+        version: 0,
+        status: common::events::OrderStatus::Created,
+        user_id: ObjectId::new().to_hex(),
+        expires_at: chrono::DateTime::from_timestamp_millis(expires.timestamp_millis())
+            .unwrap_or(expires),
+        ticket: common::events::OrderTicket {
+            id: ObjectId::new().to_hex(),
+            price: common::money::Money::from_cents(2000),
+        },
+    }
+}
+
+/// The `order.cancelled` of `order`, at its next version.
+pub fn order_cancelled(order: &common::events::OrderCreated) -> common::events::OrderCancelled {
+    common::events::OrderCancelled {
+        id: order.id.clone(),
+        version: order.version + 1,
+        ticket: common::events::TicketRef {
+            id: order.ticket.id.clone(),
+        },
     }
 }
 
