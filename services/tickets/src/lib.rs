@@ -8,14 +8,18 @@
 //!
 //! - [`routes::tickets`]: the four routes and their rules.
 //! - [`events`]: `order.created` reserves a ticket, `order.cancelled`
-//!   releases it.
+//!   releases it, `payment.created` marks it sold.
 //! - [`store`]: the ticket document, the versioned writes and their events.
+//! - [`listing`]: the filters, sort orders and keyset pages of the listing;
+//!   [`search`]: the title's search keys.
 //!
 //! Background tasks, all stopped by the same shutdown token: the outbox relay
-//! of the `tickets` collection and the two listeners.
+//! of the `tickets` collection and the three listeners.
 
 pub mod events;
+pub mod listing;
 pub mod routes;
+pub mod search;
 pub mod store;
 
 use axum::{Router, extract::FromRef};
@@ -24,15 +28,13 @@ use common::{
     config::{ConfigError, Env, Secret},
     health::{self, Ready},
     mongo, openapi,
-    outbox::{Outbox, Relay},
-    server,
+    outbox::Relay,
+    server::{self, Service},
     session::Sessions,
 };
-use tokio::{net::TcpListener, task::JoinSet};
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::events::{OrderCancelledListener, OrderCreatedListener};
+use crate::events::{OrderCancelledListener, OrderCreatedListener, PaymentCreatedListener};
 
 /// Everything tickets reads from the environment.
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ pub struct Settings {
     /// Whether the outbox relay runs. Always true from the environment; tests
     /// turn it off to play a crash after the write and before the publish.
     pub outbox_relay: bool,
+    /// `RESALE_CAP_PERCENT`: a listing's price may be at most this percentage
+    /// of its face value (when it gives one). Unset: no cap.
+    pub resale_cap_percent: Option<u32>,
 }
 
 impl Settings {
@@ -62,24 +67,28 @@ impl Settings {
             development: env.development(),
             limits: common::overload::Limits::from_env(env)?,
             outbox_relay: true,
+            resale_cap_percent: match env.optional("RESALE_CAP_PERCENT") {
+                None => None,
+                Some(raw) => Some(raw.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or(
+                    ConfigError::Invalid {
+                        name: "RESALE_CAP_PERCENT",
+                        reason: "must be a whole percentage of at least 1".into(),
+                    },
+                )?),
+            },
         })
     }
 }
 
-/// The state every handler gets.
-#[derive(Clone)]
+/// The state every handler gets; a handler may also extract any one field
+/// by its type (`State<Sessions>`, …).
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub tickets: store::Tickets,
     pub sessions: Sessions,
-    /// Wakes the relay after a write so the event goes out at once.
-    pub outbox: Outbox,
     pub bus: Bus,
-}
-
-impl FromRef<AppState> for Sessions {
-    fn from_ref(state: &AppState) -> Self {
-        state.sessions.clone()
-    }
+    /// See [`Settings::resale_cap_percent`].
+    pub resale_cap_percent: Option<u32>,
 }
 
 impl Ready for AppState {
@@ -113,89 +122,42 @@ pub fn api() -> OpenApiRouter<AppState> {
     .merge(routes::tickets::router())
 }
 
-/// A built service, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-    state: AppState,
-    /// `None` when the settings turn the relay off.
-    relay: Option<Relay>,
-}
+/// Builds the service: [`Application::build`].
+pub struct Application;
 
 impl Application {
     /// Connects to the database (making sure the indexes exist) and to NATS
     /// (making sure the stream exists), and binds the port (`0` picks a free
-    /// one).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// one): the HTTP server, the listeners of `order.created`,
+    /// `order.cancelled` and `payment.created`, and the outbox relay.
+    pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let db = mongo::connect(&settings.mongo_uri, "tickets").await?;
-        let tickets = store::Tickets::new(db);
-        tickets.ensure_indexes().await?;
         let bus = Bus::connect(settings.bus.clone()).await?;
-        let (relay, outbox) = Relay::new(bus.clone(), tickets.documents());
+        let (relay, outbox) = Relay::new(bus.clone(), store::Tickets::raw_collection(&db));
+        let tickets = store::Tickets::new(db, outbox);
+        tickets.ensure_indexes().await?;
+        tickets.backfill_prefixes().await?;
         let state = AppState {
-            tickets,
+            tickets: tickets.clone(),
             sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
-            outbox,
-            bus,
+            bus: bus.clone(),
+            resale_cap_percent: settings.resale_cap_percent,
         };
-        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
-        Ok(Self {
-            listener,
-            router: settings.limits.apply(app(state.clone())),
-            state,
-            relay: settings.outbox_relay.then_some(relay),
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
-    /// Serves and consumes until `shutdown` is cancelled, then drains
-    /// in-flight requests, finishes the messages in hand and stops the relay.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            router,
-            state,
-            relay,
-        } = self;
-        // Tasks started before a failure below must not outlive it.
-        let tasks = shutdown.child_token();
-        let bus = &state.bus;
-        let created = OrderCreatedListener::new(state.tickets.clone(), state.outbox.clone());
-        let cancelled = OrderCancelledListener::new(state.tickets.clone(), state.outbox.clone());
-        let listeners = match futures::future::try_join(
-            bus.listen(events::SERVICE, created, tasks.clone()),
-            bus.listen(events::SERVICE, cancelled, tasks.clone()),
-        )
-        .await
-        {
-            Ok((created, cancelled)) => [created, cancelled],
-            Err(err) => {
-                tasks.cancel();
-                return Err(err.context("failed to start the order listeners"));
-            }
-        };
-
-        let mut background = JoinSet::new();
-        for listener in listeners {
-            background.spawn(async move { listener.await? });
-        }
-        match relay {
-            Some(relay) => {
-                background.spawn(relay.run(tasks.clone()));
-            }
-            None => tracing::warn!("outbox relay disabled: events stay in the outbox"),
-        }
-        tracing::info!(
-            port = listener.local_addr().map(|a| a.port()).unwrap_or_default(),
-            "tickets listening"
-        );
-        server::run(listener, router, background, shutdown).await
+        let service =
+            Service::bind("tickets", settings.port, settings.limits.apply(app(state))).await?;
+        Ok(service
+            .listen(
+                &bus,
+                events::SERVICE,
+                OrderCreatedListener::new(tickets.clone()),
+            )
+            .listen(
+                &bus,
+                events::SERVICE,
+                OrderCancelledListener::new(tickets.clone()),
+            )
+            .listen(&bus, events::SERVICE, PaymentCreatedListener::new(tickets))
+            .relay(settings.outbox_relay.then_some(relay)))
     }
 }
 
@@ -219,9 +181,11 @@ mod tests {
                 "JWT_KEY",
                 "APP_ENV",
                 "MAX_IN_FLIGHT_REQUESTS",
-                "REQUEST_TIMEOUT_SECONDS"
+                "REQUEST_TIMEOUT_SECONDS",
+                "RESALE_CAP_PERCENT"
             ]
         );
+        assert_eq!(settings.resale_cap_percent, None, "no cap unless set");
         assert!(settings.outbox_relay);
         assert_eq!(settings.bus.stream, "TICKETING");
     }

@@ -5,18 +5,19 @@
 //! A ticket and the event its change causes are written together, in one
 //! single-document operation (see `common::outbox`): the insert carries
 //! `ticket.created` in the document's `outbox` array, and every later change
-//! `$push`es its `ticket.updated` there in the same `update_one`. The relay
-//! publishes from the outbox; nothing here talks to NATS.
+//! `$push`es its `ticket.updated` there in the same update. The relay
+//! publishes from the outbox, and the store wakes it after each such write;
+//! nothing here talks to NATS. [`common::owned`] makes those writes.
 //!
 //! # Versions: compare-and-set, never a blind overwrite
 //!
 //! Every change is decided on the ticket as it was read and written with
-//! `update_one({_id, version: v}, {$set…, $inc: {version: 1}, $push: {outbox…}})`.
+//! `({_id, version: v}, {$set…, $inc: {version: 1}, $push: {outbox…}})`.
 //! If someone else wrote in between, nothing matches: [`Tickets::modify`]
 //! reads the ticket again and asks the caller to decide again on the new
 //! state (an edit may now hit a reserved ticket, a reservation may now be a
-//! duplicate), a bounded number of times. Running out is [`Contended`], an
-//! error the caller reports — never a silent overwrite.
+//! duplicate), a bounded number of times (`common::cas`). Running out is
+//! [`Contended`], the fleet's one 409 — never a silent overwrite.
 //!
 //! # Cancelled orders
 //!
@@ -26,14 +27,28 @@
 //! the last few orders it saw cancelled (`cancelledOrderIds`, never on the
 //! wire) and refuses to be reserved for one of them; the reservation's write
 //! is guarded on that list so the check and the write are one atomic step.
+//!
+//! # Withdrawal
+//!
+//! A withdrawn ticket stays in the collection (`withdrawn: true`, a new
+//! version and a `ticket.updated` with `withdrawn: true`) so that orders
+//! learns of it in version order, but it is never listed, shown, edited or
+//! reserved again. Withdrawing is a compare-and-set on a ticket no order
+//! reserves, and reserving is a compare-and-set on a ticket not withdrawn:
+//! whichever writes first wins, and the other sees the new version and
+//! decides again (a withdrawal after a reservation is refused; a reservation
+//! after a withdrawal does not happen, and orders cancels its order).
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context;
+pub use common::cas::Contended;
 use common::{
     events::TicketUpdated,
     money::Money,
-    outbox::{self, OutboxEvent},
+    mongo::DuplicateKey as _,
+    outbox::Outbox,
+    owned::{self, Owned, Record, Versioned},
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -43,15 +58,21 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::listing::{self, Spans};
+pub use crate::listing::{Cursor, ListQuery, Page, Sort};
+use crate::search;
+
 /// The collection's name (the outbox relay reads it too).
 pub const COLLECTION: &str = "tickets";
 
-/// How many times [`Tickets::modify`] decides and writes before it gives up.
-///
-/// Every round some writer wins, so `n` writers racing for one ticket need at
-/// most `n` rounds; this leaves room for a burst well above what one ticket
-/// ever sees (its owner and the order listeners).
-pub const MAX_ATTEMPTS: u32 = 32;
+/// The listing index before search and filters (`{orderId: 1, _id: -1}`).
+const RETIRED_INDEX: &str = "available_newest_first";
+
+/// One-off data changes already made, one document each.
+const MIGRATIONS: &str = "migrations";
+/// The search keys of today's [`search::prefixes`] (with pair keys); the
+/// first keys, before pair keys, were `tickets.prefixes`.
+const PREFIXES_MIGRATION: &str = "tickets.prefixes.pairs";
 
 /// How many cancelled order ids a ticket remembers.
 const REMEMBERED_CANCELLATIONS: i32 = 20;
@@ -67,6 +88,13 @@ pub struct Ticket {
     /// Integer cents in the database.
     #[serde(with = "common::money::as_cents")]
     pub price: Money,
+    /// The price printed on the ticket, if the seller gave it; cents.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_cents"
+    )]
+    pub face_value: Option<Money>,
     /// The seller.
     pub user_id: String,
     /// 0 when created, +1 on every change that the fleet is told about.
@@ -77,19 +105,38 @@ pub struct Ticket {
     /// Orders seen cancelled, most recent last (see the module docs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cancelled_order_ids: Vec<String>,
+    /// The seller took it off sale (see the module docs on withdrawal):
+    /// stored only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
+    /// Its order is paid (`payment.created`): it stays reserved by that
+    /// order for good. Stored only when true; never on the wire (the
+    /// seller's list shows it as `status: sold`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sold: bool,
+    /// The title's search keys, never on the wire (see [`crate::search`]);
+    /// empty in a document written before search existed, until the
+    /// backfill at start ([`Tickets::backfill_prefixes`]) reaches it.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
 }
 
 impl Ticket {
     /// A new, unreserved ticket at version 0.
     pub fn new(title: String, price: Money, user_id: String) -> Self {
+        let title_for_prefixes = title.clone();
         Self {
             id: ObjectId::new(),
             title,
             price,
+            face_value: None,
             user_id,
             version: 0,
             order_id: None,
             cancelled_order_ids: Vec::new(),
+            withdrawn: false,
+            sold: false,
+            prefixes: search::prefixes(&title_for_prefixes),
         }
     }
 
@@ -107,16 +154,24 @@ impl Ticket {
     pub fn after(&self, change: &Change) -> Ticket {
         let mut next = self.clone();
         match change {
-            Change::Edit { title, price } => {
+            Change::Edit {
+                title,
+                price,
+                face_value,
+            } => {
                 next.title.clone_from(title);
                 next.price = *price;
+                next.face_value = face_value.or(self.face_value);
+                next.prefixes = search::prefixes(title);
             }
+            Change::Withdraw => next.withdrawn = true,
             Change::Reserve { order_id } => next.order_id = Some(order_id.clone()),
             Change::Release { order_id } => {
                 next.order_id = None;
                 next.remember_cancelled(order_id);
             }
             Change::ForgetOrder { order_id } => next.remember_cancelled(order_id),
+            Change::MarkSold { .. } => next.sold = true,
         }
         if change.is_visible() {
             next.version += 1;
@@ -144,6 +199,7 @@ impl Ticket {
             price: self.price,
             user_id: self.user_id.clone(),
             order_id: self.order_id.clone(),
+            withdrawn: self.withdrawn,
         }
     }
 
@@ -159,11 +215,32 @@ impl Ticket {
     }
 }
 
+impl Record for Ticket {
+    const KIND: &'static str = "ticket";
+
+    fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
+impl Versioned for Ticket {
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
 /// One change to a ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The owner set a new title and price.
-    Edit { title: String, price: Money },
+    /// The owner set a new title and price, and maybe a face value (`None`
+    /// keeps the one it has).
+    Edit {
+        title: String,
+        price: Money,
+        face_value: Option<Money>,
+    },
+    /// The owner took the ticket off sale, for good.
+    Withdraw,
     /// An order reserved the ticket.
     Reserve { order_id: String },
     /// The reserving order was cancelled: the ticket is for sale again.
@@ -172,12 +249,15 @@ pub enum Change {
     /// remembered, so that its late `order.created` is refused. Not a new
     /// version and no event: nothing the fleet sees changed.
     ForgetOrder { order_id: String },
+    /// The reserving order was paid. Bookkeeping like
+    /// [`Change::ForgetOrder`]: no new version, no event.
+    MarkSold { order_id: String },
 }
 
 impl Change {
     /// Whether the change is a new version announced with `ticket.updated`.
     pub fn is_visible(&self) -> bool {
-        !matches!(self, Change::ForgetOrder { .. })
+        !matches!(self, Change::ForgetOrder { .. } | Change::MarkSold { .. })
     }
 }
 
@@ -192,79 +272,217 @@ pub enum Outcome {
     Missing,
 }
 
-/// A compare-and-set write lost every round of [`MAX_ATTEMPTS`]: the ticket
-/// kept changing under it. Nothing was written; trying again later is safe.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("ticket {id} kept changing during {attempts} attempts to update it")]
-pub struct Contended {
-    pub id: ObjectId,
-    pub attempts: u32,
-}
-
 /// The tickets collection and its queries.
 #[derive(Clone)]
 pub struct Tickets {
     db: Database,
     tickets: Collection<Ticket>,
+    /// Where the listing's windows start and how wide (see
+    /// [`crate::listing`]), shared by every clone.
+    spans: Arc<Spans>,
+    /// The same collection, for the writes of a ticket and its events.
+    owned: Owned<Ticket>,
 }
 
+/// How many windows a page reads at most; the last is open to the end.
+const MAX_WINDOWS: usize = 4;
+
 impl Tickets {
-    pub fn new(db: Database) -> Self {
+    /// `outbox` is woken after every write that leaves an event behind.
+    pub fn new(db: Database, outbox: Outbox) -> Self {
         Self {
             tickets: db.collection(COLLECTION),
+            owned: Owned::new(db.collection(COLLECTION), outbox),
             db,
+            spans: Arc::default(),
         }
+    }
+
+    /// The collection untyped, for the outbox relay.
+    pub fn raw_collection(db: &Database) -> Collection<Document> {
+        db.collection(COLLECTION)
     }
 
     pub fn database(&self) -> &Database {
         &self.db
     }
 
-    /// The collection untyped, for the outbox relay.
+    /// The collection untyped.
     pub fn documents(&self) -> Collection<Document> {
         self.tickets.clone_with_type()
     }
 
-    /// The index behind the listing: unreserved tickets, newest first.
+    /// The indexes behind the listings (see [`crate::listing`]): for sale
+    /// newest first and by price, the same two under a search word, and a
+    /// seller's own tickets. Drops the index of the listing before search.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = IndexModel::builder()
-            .keys(doc! { "orderId": 1, "_id": -1 })
-            .options(
-                IndexOptions::builder()
-                    .name("available_newest_first".to_owned())
-                    .build(),
-            )
-            .build();
-        self.tickets.create_index(index).await?;
+        common::mongo::drop_index_if_present(&self.tickets, RETIRED_INDEX).await?;
+        let indexes = [
+            (
+                "for_sale_newest",
+                doc! { "orderId": 1, "withdrawn": 1, "_id": -1 },
+            ),
+            (
+                "for_sale_by_price",
+                doc! { "orderId": 1, "withdrawn": 1, "price": 1, "_id": 1 },
+            ),
+            (
+                "search_newest",
+                doc! { "prefixes": 1, "orderId": 1, "withdrawn": 1, "_id": -1 },
+            ),
+            (
+                "search_by_price",
+                doc! { "prefixes": 1, "orderId": 1, "withdrawn": 1, "price": 1, "_id": 1 },
+            ),
+            ("by_seller", doc! { "userId": 1, "_id": -1 }),
+        ]
+        .map(|(name, keys)| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build()
+        });
+        self.tickets.create_indexes(indexes).await?;
         Ok(())
+    }
+
+    /// Gives today's search keys to every ticket stored without them (before
+    /// search existed, or before pair keys), once per database: a marker in
+    /// `migrations` says it is done, so a start does not scan the
+    /// collection again. Each write is conditional on the title it was
+    /// computed from; a ticket edited meanwhile got its keys from the edit.
+    /// Idempotent, so replicas starting together may both run it. No new
+    /// version, no event: nothing the fleet sees changes.
+    pub async fn backfill_prefixes(&self) -> anyhow::Result<u64> {
+        let migrations = self.db.collection::<Document>(MIGRATIONS);
+        if migrations
+            .find_one(doc! { "_id": PREFIXES_MIGRATION })
+            .await
+            .context("failed to read the migrations")?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        let mut stored = self
+            .documents()
+            .find(doc! {})
+            .projection(doc! { "_id": 1, "title": 1, "prefixes": 1 })
+            .await
+            .context("failed to read the tickets' search keys")?;
+        let mut filled = 0;
+        while let Some(ticket) = stored
+            .try_next()
+            .await
+            .context("failed to read the tickets' search keys")?
+        {
+            let (Ok(id), Ok(title)) = (ticket.get_object_id("_id"), ticket.get_str("title")) else {
+                continue;
+            };
+            let keys = search::prefixes(title);
+            let current = ticket.get_array("prefixes").ok();
+            if current.is_some_and(|current| {
+                current
+                    .iter()
+                    .map(|k| k.as_str())
+                    .eq(keys.iter().map(|k| Some(k.as_str())))
+            }) {
+                continue;
+            }
+            self.documents()
+                .update_one(
+                    doc! { "_id": id, "title": title },
+                    doc! { "$set": { "prefixes": keys } },
+                )
+                .await
+                .with_context(|| format!("failed to backfill the search keys of ticket {id}"))?;
+            filled += 1;
+        }
+        // Another replica may have recorded it first.
+        migrations
+            .insert_one(doc! { "_id": PREFIXES_MIGRATION, "at": bson::DateTime::now() })
+            .await
+            .unless_duplicate()
+            .context("failed to record a migration")?;
+        if filled > 0 {
+            tracing::info!(
+                tickets = filled,
+                "gave today's search keys to tickets stored without them"
+            );
+        }
+        Ok(filled)
     }
 
     pub async fn find(&self, id: ObjectId) -> mongodb::error::Result<Option<Ticket>> {
         self.tickets.find_one(doc! { "_id": id }).await
     }
 
-    /// Tickets no order reserves, newest first, at most `limit`.
-    pub async fn list_available(&self, limit: i64) -> mongodb::error::Result<Vec<Ticket>> {
+    /// The ticket `order_id` reserves, if one does.
+    pub async fn find_by_order(&self, order_id: &str) -> mongodb::error::Result<Option<Ticket>> {
+        self.tickets.find_one(doc! { "orderId": order_id }).await
+    }
+
+    /// One page of a listing: at most `query.limit` tickets and, when there
+    /// are more, the cursor of the next page. Reads at most `limit + 1`
+    /// tickets (see [`crate::listing`] on the indexes).
+    pub async fn list(&self, query: &ListQuery) -> mongodb::error::Result<Page> {
+        let want = usize::try_from(query.limit + 1).unwrap_or(usize::MAX);
+        let mut tickets = Vec::new();
+        if query.windowed() {
+            let (mut window, mut width) = self.spans.first_window(query);
+            for round in 1.. {
+                let missing = want - tickets.len();
+                let read = self.read(query.filter_in(&window), query, missing).await?;
+                let found = read.len();
+                tickets.extend(read);
+                if tickets.len() >= want {
+                    break;
+                }
+                width *= listing::growth(found, want - tickets.len());
+                match query.next_window(&window, width) {
+                    Some(next) if round >= MAX_WINDOWS => window = next.to_the_end(),
+                    Some(next) => window = next,
+                    None => break,
+                }
+            }
+            self.spans.learn(query, &tickets);
+        } else {
+            tickets = self.read(query.filter(), query, want).await?;
+        }
+        let next = if tickets.len() as i64 > query.limit {
+            tickets.truncate(query.limit as usize);
+            tickets.last().map(|last| Cursor::after(query.sort, last))
+        } else {
+            None
+        };
+        Ok(Page { tickets, next })
+    }
+
+    /// At most `limit` tickets matching `filter`, in the query's order.
+    async fn read(
+        &self,
+        filter: Document,
+        query: &ListQuery,
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<Ticket>> {
         self.tickets
-            .find(doc! { "orderId": null })
-            .sort(doc! { "_id": -1 })
-            .limit(limit)
+            .find(filter)
+            .sort(query.sort.order())
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await?
             .try_collect()
             .await
     }
 
-    /// Inserts a new ticket with its `ticket.created` in the outbox.
+    /// The first page of the tickets for sale, newest first, at most `limit`.
+    pub async fn list_available(&self, limit: i64) -> mongodb::error::Result<Vec<Ticket>> {
+        Ok(self.list(&ListQuery::for_sale(limit)).await?.tickets)
+    }
+
+    /// Inserts a new ticket with its `ticket.created` in the outbox, and
+    /// wakes the relay.
     pub async fn insert(&self, ticket: &Ticket) -> anyhow::Result<()> {
-        let mut document = bson::to_document(ticket)?;
-        document.insert(
-            outbox::FIELD,
-            vec![OutboxEvent::of(&ticket.created_event())?.to_bson()?],
-        );
-        self.documents()
-            .insert_one(document)
-            .await
-            .with_context(|| format!("failed to insert ticket {}", ticket.id))?;
+        let inserted = self.owned.insert(ticket, &ticket.created_event()).await?;
+        anyhow::ensure!(inserted, "ticket {} exists already", ticket.id);
         Ok(())
     }
 
@@ -283,7 +501,8 @@ impl Tickets {
     where
         E: From<mongodb::error::Error> + From<anyhow::Error> + From<Contended>,
     {
-        for attempt in 1..=MAX_ATTEMPTS {
+        let mut rounds = self.owned.rounds(id);
+        loop {
             let Some(current) = self.find(id).await? else {
                 return Ok(Outcome::Missing);
             };
@@ -293,21 +512,15 @@ impl Tickets {
             if let Some(next) = self.write(&current, &change).await? {
                 return Ok(Outcome::Changed(next));
             }
-            tracing::debug!(ticket_id = %id, attempt, "ticket changed concurrently; deciding again");
-            tokio::time::sleep(backoff(attempt)).await;
+            rounds.lost().await?;
         }
-        Err(Contended {
-            id,
-            attempts: MAX_ATTEMPTS,
-        }
-        .into())
     }
 
     /// Writes `change` if the ticket is still at `current.version`; the new
     /// state, or `None` when another write came first.
     async fn write(&self, current: &Ticket, change: &Change) -> anyhow::Result<Option<Ticket>> {
         let next = current.after(change);
-        let mut filter = doc! { "_id": current.id, "version": current.version };
+        let mut filter = Document::new();
         let mut update = Document::new();
         let remember = |order_id: &str| {
             doc! { "cancelledOrderIds": {
@@ -316,12 +529,28 @@ impl Tickets {
             } }
         };
         match change {
-            Change::Edit { title, price } => {
-                update.insert("$set", doc! { "title": title, "price": price.cents() });
+            Change::Edit {
+                title,
+                price,
+                face_value,
+            } => {
+                let mut set =
+                    doc! { "title": title, "price": price.cents(), "prefixes": &next.prefixes };
+                if let Some(face_value) = face_value {
+                    set.insert("faceValue", face_value.cents());
+                }
+                update.insert("$set", set);
+            }
+            Change::Withdraw => {
+                // Atomic with the write: not if an order reserved it meanwhile.
+                filter.insert("orderId", mongodb::bson::Bson::Null);
+                update.insert("$set", doc! { "withdrawn": true });
             }
             Change::Reserve { order_id } => {
-                // Atomic with the write: not if its cancel got in meanwhile.
+                // Atomic with the write: not if its cancel got in meanwhile,
+                // nor if the seller withdrew it.
                 filter.insert("cancelledOrderIds", doc! { "$ne": order_id });
+                filter.insert("withdrawn", doc! { "$ne": true });
                 update.insert("$set", doc! { "orderId": order_id });
             }
             Change::Release { order_id } => {
@@ -336,31 +565,40 @@ impl Tickets {
                 }
                 update.insert("$push", remember(order_id));
             }
-        }
-        if change.is_visible() {
-            update.insert("$inc", doc! { "version": 1 });
-            let entry = outbox::push(&next.updated_event())?;
-            match update.get_document_mut("$push") {
-                Ok(push) => push.extend(entry),
-                Err(_) => {
-                    update.insert("$push", entry);
-                }
+            Change::MarkSold { order_id } => {
+                filter.insert("orderId", order_id);
+                update.insert("$set", doc! { "sold": true });
             }
         }
-        let result = self
-            .tickets
-            .update_one(filter, update)
-            .await
-            .with_context(|| format!("failed to update ticket {}", current.id))?;
-        Ok((result.matched_count == 1).then_some(next))
+        let write = if change.is_visible() {
+            owned::Change::announced(update, &next.updated_event())?
+        } else {
+            owned::Change::bookkeeping(update)
+        };
+        self.owned.write(current, write.only_if(filter)).await
     }
 }
 
-/// A short, growing, jittered pause between two rounds, so that writers who
-/// just collided do not collide again in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling_ms = u64::from(attempt.min(10)) * 2;
-    Duration::from_millis(rand::random_range(0..=ceiling_ms))
+/// `Option<Money>` stored as integer cents (absent when `None`).
+mod optional_cents {
+    use common::money::Money;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        money: &Option<Money>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match money {
+            Some(money) => serializer.serialize_i64(money.cents()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Money>, D::Error> {
+        Ok(Option::<i64>::deserialize(deserializer)?.map(Money::from_cents))
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +615,7 @@ mod tests {
         let edited = t.after(&Change::Edit {
             title: "gig".into(),
             price: Money::from_cents(1),
+            face_value: None,
         });
         assert_eq!(
             (edited.version, edited.title.as_str(), edited.price.cents()),

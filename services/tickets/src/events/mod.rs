@@ -1,5 +1,5 @@
 //! What tickets does when orders change: a new order reserves its ticket, a
-//! cancelled order releases it.
+//! cancelled order releases it, a paid order's ticket is sold.
 //!
 //! Each listener is only the business rule; `common::bus` runs the durable
 //! consumer (`tickets-service-order-created`, `tickets-service-order-cancelled`),
@@ -15,24 +15,14 @@
 
 pub mod order_cancelled;
 pub mod order_created;
+pub mod payment_created;
 
 pub use order_cancelled::OrderCancelledListener;
 pub use order_created::OrderCreatedListener;
-
-use mongodb::bson::oid::ObjectId;
+pub use payment_created::PaymentCreatedListener;
 
 /// The durable consumer name of the tickets service (DESIGN §2).
+///
+/// An event whose ticket id is not an ObjectId never reaches a listener: it
+/// does not decode, and the runner terminates it (`common::events`).
 pub const SERVICE: &str = "tickets-service";
-
-/// The ticket id of an event, or `None` (logged) when it is not an ObjectId:
-/// such an event can never apply, so it is acknowledged and dropped.
-fn ticket_id(raw: &str) -> Option<ObjectId> {
-    let id = ObjectId::parse_str(raw).ok();
-    if id.is_none() {
-        tracing::error!(
-            ticket_id = raw,
-            "event names a malformed ticket id; dropped"
-        );
-    }
-    id
-}

@@ -6,11 +6,9 @@
 //! the ticket, without a new version or an event, so that the order's own
 //! `order.created`, if it is still to come, does not reserve the ticket.
 
-use async_trait::async_trait;
 use common::{
     bus::{Delivery, Handled, Listener},
-    events::OrderCancelled,
-    outbox::Outbox,
+    events::{OrderCancelled, parse_id},
 };
 
 use crate::store::{Change, Outcome, Tickets};
@@ -19,24 +17,20 @@ use crate::store::{Change, Outcome, Tickets};
 #[derive(Clone)]
 pub struct OrderCancelledListener {
     tickets: Tickets,
-    outbox: Outbox,
 }
 
 impl OrderCancelledListener {
-    pub fn new(tickets: Tickets, outbox: Outbox) -> Self {
-        Self { tickets, outbox }
+    pub fn new(tickets: Tickets) -> Self {
+        Self { tickets }
     }
 }
 
-#[async_trait]
 impl Listener for OrderCancelledListener {
     type Event = OrderCancelled;
 
     #[tracing::instrument(name = "order_cancelled", skip_all, fields(order_id = %event.id, ticket_id = %event.ticket.id))]
     async fn handle(&self, event: OrderCancelled, _delivery: &Delivery) -> anyhow::Result<Handled> {
-        let Some(ticket_id) = super::ticket_id(&event.ticket.id) else {
-            return Ok(Handled::Ack);
-        };
+        let ticket_id = parse_id("ticket.id", &event.ticket.id)?;
         // Set when this cancel releases the ticket (as opposed to a stale one).
         let mut releases = false;
         let outcome = self
@@ -56,7 +50,6 @@ impl Listener for OrderCancelledListener {
             .await?;
         match outcome {
             Outcome::Changed(ticket) if releases => {
-                self.outbox.wake(ticket.id);
                 tracing::info!(version = ticket.version, "ticket released");
             }
             Outcome::Changed(ticket) => tracing::info!(
@@ -64,7 +57,11 @@ impl Listener for OrderCancelledListener {
                 "cancel of an order that does not hold the ticket; remembered, ticket unchanged"
             ),
             Outcome::Unchanged(_) => tracing::debug!("cancel already handled"),
-            Outcome::Missing => tracing::error!("order.cancelled for an unknown ticket; dropped"),
+            Outcome::Missing => {
+                return Ok(Handled::Invalid(
+                    "order.cancelled for a ticket tickets never had",
+                ));
+            }
         }
         Ok(Handled::Ack)
     }

@@ -37,6 +37,15 @@ async fn is_not_401_when_signed_in() {
 }
 
 #[tokio::test]
+async fn accepts_a_session_cookie_forged_like_the_originals_tests() {
+    let t = spawn().await;
+    let ticket = t
+        .create_ticket(&testkit::signin_like_the_original(), "concert", json!(10))
+        .await;
+    assert_eq!(ticket["title"], "concert");
+}
+
+#[tokio::test]
 async fn rejects_an_empty_or_missing_title() {
     let t = spawn().await;
     let cookie = testkit::signin();

@@ -5,12 +5,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use common::{
     bus::{Bus, BusConfig},
     config::Secret,
-    events::{Event, OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef},
+    events::{Event, OrderCancelled, OrderCreated, OrderTicket},
     money::Money,
+    outbox::Relay,
 };
 use mongodb::bson::oid::ObjectId;
 use serde_json::{Value, json};
@@ -43,6 +43,7 @@ impl Namespace {
             development: false,
             limits: Default::default(),
             outbox_relay,
+            resale_cap_percent: None,
         }
     }
 }
@@ -64,10 +65,25 @@ pub async fn spawn() -> TestTickets {
     spawn_in(Namespace::fresh(), true).await
 }
 
+/// A tickets service in a fresh namespace with `RESALE_CAP_PERCENT=cap`.
+pub async fn spawn_capped(cap: u32) -> TestTickets {
+    let ns = Namespace::fresh();
+    let settings = Settings {
+        resale_cap_percent: Some(cap),
+        ..ns.settings(true)
+    };
+    spawn_settings(ns, settings).await
+}
+
 /// A tickets service in `ns`; `outbox_relay: false` plays a crash after every
 /// write and before its publish.
 pub async fn spawn_in(ns: Namespace, outbox_relay: bool) -> TestTickets {
-    let app = Application::build(ns.settings(outbox_relay))
+    let settings = ns.settings(outbox_relay);
+    spawn_settings(ns, settings).await
+}
+
+async fn spawn_settings(ns: Namespace, settings: Settings) -> TestTickets {
+    let app = Application::build(settings)
         .await
         .expect("tickets failed to start");
     let port = app.port();
@@ -76,7 +92,11 @@ pub async fn spawn_in(ns: Namespace, outbox_relay: bool) -> TestTickets {
     let bus = Bus::connect(ns.bus.clone().with_connection_name("tickets-test"))
         .await
         .expect("test bus failed to connect");
-    let store = Tickets::new(testkit_database(&ns.mongo_uri).await);
+    // A store on the service's database whose relay does not run: the
+    // service's own relay publishes what it writes.
+    let db = testkit_database(&ns.mongo_uri).await;
+    let (_relay, outbox) = Relay::new(bus.clone(), Tickets::raw_collection(&db));
+    let store = Tickets::new(db, outbox);
     TestTickets {
         app: TestApp::new(SocketAddr::from(([127, 0, 0, 1], port)), shutdown),
         bus,
@@ -111,6 +131,13 @@ impl TestTickets {
         reply.body
     }
 
+    /// `POST /api/tickets` with `body`, asserting 201; the ticket as returned.
+    pub async fn create_ticket_with(&self, cookie: &str, body: Value) -> Value {
+        let reply = self.post(cookie, body).await;
+        reply.assert_status(201);
+        reply.body
+    }
+
     pub async fn post(&self, cookie: &str, body: Value) -> Reply {
         self.app.post("/api/tickets", Some(cookie), body).await
     }
@@ -127,6 +154,18 @@ impl TestTickets {
 
     pub async fn list(&self, query: &str) -> Reply {
         self.app.get(&format!("/api/tickets{query}"), None).await
+    }
+
+    /// `GET /api/tickets{query}` as `cookie`'s user.
+    pub async fn list_as(&self, cookie: &str, query: &str) -> Reply {
+        self.app
+            .get(&format!("/api/tickets{query}"), Some(cookie))
+            .await
+    }
+
+    /// `DELETE /api/tickets/{id}`.
+    pub async fn withdraw(&self, id: &str, cookie: Option<&str>) -> Reply {
+        self.app.delete(&format!("/api/tickets/{id}"), cookie).await
     }
 
     /// `GET /api/tickets/{id}` as JSON, asserting 200.
@@ -175,28 +214,13 @@ impl TestTickets {
     /// Waits until tickets' durable consumer of `E` has delivered and acked
     /// everything in the stream, without a redelivery.
     pub async fn wait_until_consumed<E: Event>(&self) {
-        let name = format!(
-            "{}-{}",
-            tickets::events::SERVICE,
-            E::SUBJECT.replace('.', "-")
+        let settled =
+            testkit::wait_until_consumed(&self.bus, tickets::events::SERVICE, E::SUBJECT).await;
+        assert_eq!(
+            settled.num_redelivered, 0,
+            "{} needed redeliveries",
+            settled.name
         );
-        let settled = testkit::eventually(Duration::from_secs(10), || async {
-            let stream = self
-                .bus
-                .jetstream()
-                .get_stream(&self.bus.config().stream)
-                .await
-                .ok()?;
-            let info = stream.consumer_info(&name).await.ok()?;
-            (info.num_pending == 0
-                && info.num_ack_pending == 0
-                && info.delivered.stream_sequence > 0
-                && info.ack_floor.stream_sequence == info.delivered.stream_sequence)
-                .then_some(info)
-        })
-        .await
-        .unwrap_or_else(|| panic!("{name} did not ack everything within 10s"));
-        assert_eq!(settled.num_redelivered, 0, "{name} needed redeliveries");
     }
 
     /// Every `ticket.updated` published for `id`.
@@ -207,6 +231,31 @@ impl TestTickets {
             .filter(|e| e.id == id)
             .collect()
     }
+}
+
+/// The path and query of the `rel="next"` link of a listing reply, if any.
+pub fn next_link(reply: &Reply) -> Option<String> {
+    let link = reply.headers.get("link")?.to_str().ok()?;
+    let (target, rel) = link.split_once(';')?;
+    assert_eq!(rel.trim(), "rel=\"next\"", "link: {link}");
+    Some(
+        target
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_owned(),
+    )
+}
+
+/// The titles of a listing reply, in order.
+pub fn titles(reply: &Reply) -> Vec<String> {
+    reply
+        .body
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {}", reply.text))
+        .iter()
+        .map(|t| t["title"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// A signed-in user: their id and the cookie.
@@ -227,26 +276,16 @@ pub fn id_of(ticket: &Value) -> String {
 /// A new order for `ticket`, as orders would announce it.
 pub fn order_created(ticket: &Value) -> OrderCreated {
     OrderCreated {
-        id: ObjectId::new().to_hex(),
-        version: 0,
-        status: OrderStatus::Created,
-        user_id: ObjectId::new().to_hex(),
-        expires_at: Utc::now() + chrono::Duration::minutes(15),
         ticket: OrderTicket {
             id: id_of(ticket),
             price: serde_json::from_value::<Money>(ticket["price"].clone())
                 .expect("price is money"),
         },
+        ..testkit::order_created()
     }
 }
 
 /// The cancellation of `order`, as orders would announce it.
 pub fn order_cancelled(order: &OrderCreated) -> OrderCancelled {
-    OrderCancelled {
-        id: order.id.clone(),
-        version: order.version + 1,
-        ticket: TicketRef {
-            id: order.ticket.id.clone(),
-        },
-    }
+    testkit::order_cancelled(order)
 }

@@ -6,7 +6,6 @@
 use common::{
     bus::{Handled, Listener},
     events::{OrderCancelled, OrderCreated, TicketRef, TicketUpdated},
-    outbox::Relay,
 };
 use mongodb::bson::oid::ObjectId;
 use serde_json::{Value, json};
@@ -31,10 +30,9 @@ async fn reserved_ticket(t: &TestTickets) -> (Value, OrderCreated) {
 /// A listener of the service's collection, called directly (its outbox is
 /// relayed by the running service's periodic scan).
 fn direct(t: &TestTickets) -> (OrderCreatedListener, OrderCancelledListener) {
-    let (_relay, outbox) = Relay::new(t.bus.clone(), t.store.documents());
     (
-        OrderCreatedListener::new(t.store.clone(), outbox.clone()),
-        OrderCancelledListener::new(t.store.clone(), outbox),
+        OrderCreatedListener::new(t.store.clone()),
+        OrderCancelledListener::new(t.store.clone()),
     )
 }
 
@@ -191,7 +189,7 @@ async fn a_new_order_waits_for_the_release_by_the_previous_one() {
 }
 
 #[tokio::test]
-async fn events_for_unknown_or_malformed_tickets_are_acked_and_dropped() {
+async fn events_for_unknown_tickets_or_with_malformed_ids_are_terminated_never_acked() {
     let t = spawn().await;
     let ticket = t
         .create_ticket(&testkit::signin(), "concert", json!(20))
@@ -202,29 +200,47 @@ async fn events_for_unknown_or_malformed_tickets_are_acked_and_dropped() {
     malformed.ticket.id = "not-a-ticket".into();
 
     let (created, cancelled) = direct(&t);
-    for event in [&unknown, &malformed] {
-        let handled = created
-            .handle(event.clone(), &testkit::delivery("order.created"))
-            .await
-            .unwrap();
-        assert_eq!(handled, Handled::Ack);
-        let cancel = OrderCancelled {
-            id: event.id.clone(),
-            version: 1,
-            ticket: TicketRef {
-                id: event.ticket.id.clone(),
-            },
-        };
-        let handled = cancelled
-            .handle(cancel, &testkit::delivery("order.cancelled"))
-            .await
-            .unwrap();
-        assert_eq!(handled, Handled::Ack);
-    }
+    let cancel_of = |event: &OrderCreated| OrderCancelled {
+        id: event.id.clone(),
+        version: 1,
+        ticket: TicketRef {
+            id: event.ticket.id.clone(),
+        },
+    };
+    let created_delivery = testkit::delivery("order.created");
+    let cancelled_delivery = testkit::delivery("order.cancelled");
+    // A ticket tickets never had: it will never appear, so the event can
+    // never be handled.
+    let handled = created.handle(unknown.clone(), &created_delivery).await;
+    assert!(matches!(handled, Ok(Handled::Invalid(_))), "{handled:?}");
+    let handled = cancelled
+        .handle(cancel_of(&unknown), &cancelled_delivery)
+        .await;
+    assert!(matches!(handled, Ok(Handled::Invalid(_))), "{handled:?}");
+    // Never acked as if handled: an error, which the runner retries and
+    // then terminates.
+    let handled = created.handle(malformed.clone(), &created_delivery).await;
+    assert!(handled.is_err(), "{handled:?}");
+    let handled = cancelled
+        .handle(cancel_of(&malformed), &cancelled_delivery)
+        .await;
+    assert!(handled.is_err(), "{handled:?}");
 
     t.publish(&unknown).await;
     t.publish(&malformed).await;
     t.wait_until_consumed::<OrderCreated>().await;
     assert_eq!(t.ticket(&id_of(&ticket)).await, ticket);
     assert!(testkit::published::<TicketUpdated>(&t.bus).await.is_empty());
+    // Through the bus both are terminated: the unknown ticket by the
+    // listener, the malformed id because it does not even decode.
+    let terminated = testkit::metric(
+        &t.app,
+        "bus_events_total",
+        &[
+            ("consumer", "tickets-service-order-created"),
+            ("outcome", "terminated"),
+        ],
+    )
+    .await;
+    assert!(terminated.is_some_and(|n| n >= 2.0), "{terminated:?}");
 }

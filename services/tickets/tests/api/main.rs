@@ -9,9 +9,14 @@ mod helpers;
 
 mod concurrency;
 mod create;
+mod face_value;
 mod list;
 mod listeners;
+mod mine;
 mod openapi;
 mod outbox;
+mod search;
 mod show;
 mod update;
+mod windows;
+mod withdraw;

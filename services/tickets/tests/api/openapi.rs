@@ -12,6 +12,7 @@ async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
             ("POST", "/api/tickets"),
             ("GET", "/api/tickets/{id}"),
             ("PUT", "/api/tickets/{id}"),
+            ("DELETE", "/api/tickets/{id}"),
         ],
     )
     .await;

@@ -138,6 +138,7 @@ async fn updates_the_ticket_and_publishes_ticket_updated() {
             price: Money::from_cents(10025),
             user_id,
             order_id: None,
+            withdrawn: false,
         }]
     );
     let raw = serde_json::to_value(&events[0]).unwrap();
