@@ -30,11 +30,9 @@ use common::{
     health::{self, Ready},
     mongo, openapi,
     outbox::Relay,
-    server,
+    server::{self, Service},
     session::Sessions,
 };
-use tokio::{net::TcpListener, task::JoinSet};
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 use store::{Orders, Tickets};
@@ -88,8 +86,9 @@ impl Settings {
     }
 }
 
-/// The state every handler gets.
-#[derive(Clone)]
+/// The state every handler gets; a handler may also extract any one field
+/// by its type (`State<Sessions>`, …).
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub orders: Orders,
     pub tickets: Tickets,
@@ -98,12 +97,6 @@ pub struct AppState {
     pub database: mongodb::Database,
     pub expiration_window: Duration,
     pub max_active_orders_per_user: u32,
-}
-
-impl FromRef<AppState> for Sessions {
-    fn from_ref(state: &AppState) -> Self {
-        state.sessions.clone()
-    }
 }
 
 impl Ready for AppState {
@@ -137,76 +130,34 @@ pub fn api() -> OpenApiRouter<AppState> {
     .merge(routes::orders::router())
 }
 
-/// A built service, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    state: AppState,
-    relay: Option<Relay>,
-    limits: common::overload::Limits,
-}
+/// Builds the service: [`Application::build`].
+pub struct Application;
 
 impl Application {
     /// Connects to the database and NATS, makes sure the indexes and the
-    /// stream exist, and binds the port (`0` picks a free one).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// stream exist, and binds the port (`0` picks a free one): the HTTP
+    /// server, the four listeners and the outbox relay that publishes
+    /// `order.created` / `order.cancelled`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let database = mongo::connect(&settings.mongo_uri, "orders").await?;
         let bus = Bus::connect(settings.bus.clone()).await?;
         let (relay, outbox) = Relay::new(bus.clone(), Orders::raw_collection(&database));
         let orders = Orders::new(&database, outbox);
         orders.ensure_indexes().await?;
+        let tickets = Tickets::new(&database);
         let state = AppState {
-            orders,
-            tickets: Tickets::new(&database),
+            orders: orders.clone(),
+            tickets: tickets.clone(),
             sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
-            bus,
+            bus: bus.clone(),
             database,
             expiration_window: settings.expiration_window,
             max_active_orders_per_user: settings.max_active_orders_per_user,
         };
-        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
-        Ok(Self {
-            listener,
-            state,
-            relay: settings.outbox_relay.then_some(relay),
-            limits: settings.limits,
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
-    /// Serves, listens and relays until `shutdown` is cancelled; then drains
-    /// in-flight requests, finishes the messages in hand and stops.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // A child token, so that a failed start stops whatever already runs
-        // without cancelling the caller's token.
-        let stop = shutdown.child_token();
-        let port = self.port();
-        let mut background = JoinSet::new();
-        if let Some(relay) = self.relay {
-            background.spawn(relay.run(stop.clone()));
-        }
-        let state = &self.state;
-        if let Err(err) = events::listen(
-            &state.bus,
-            &state.orders,
-            &state.tickets,
-            &mut background,
-            &stop,
-        )
-        .await
-        {
-            stop.cancel();
-            while background.join_next().await.is_some() {}
-            return Err(err);
-        }
-        tracing::info!(port, "orders listening");
-        let router = self.limits.apply(app(self.state));
-        server::run(self.listener, router, background, stop).await
+        let service =
+            Service::bind("orders", settings.port, settings.limits.apply(app(state))).await?;
+        Ok(events::listen(service, &bus, &orders, &tickets)
+            .relay(settings.outbox_relay.then_some(relay)))
     }
 }
 

@@ -211,6 +211,55 @@ async fn the_database_itself_refuses_a_second_active_order_for_a_ticket() {
         .unwrap();
 }
 
+/// `order` as a writer that read it before someone else changed it: the
+/// stored order is one version ahead of the copy returned.
+async fn changed_behind_its_back(orders: &support::TestOrders, order: &Order) -> Order {
+    orders
+        .db
+        .collection::<mongodb::bson::Document>("orders")
+        .update_one(doc! { "_id": order.id }, doc! { "$inc": { "version": 1 } })
+        .await
+        .unwrap();
+    order.clone()
+}
+
+#[tokio::test]
+async fn a_compare_and_set_that_keeps_losing_is_a_409_not_a_500() {
+    let orders = spawn_orders().await;
+    let expires = Utc::now() + Duration::from_secs(60);
+    let price = Money::from_cents(100);
+    // One round only: the stale copy loses it, and that was the last.
+    let store = orders.orders().with_cas_rounds(1);
+    let order = Order::new("u1", ObjectId::new(), expires);
+    store.create(&order, price, 4).await.unwrap();
+
+    let stale = changed_behind_its_back(&orders, &order).await;
+    for err in [
+        store.cancel(stale.clone()).await.unwrap_err(),
+        store.complete(stale.clone()).await.unwrap_err(),
+    ] {
+        assert_eq!(err.status(), 409, "{err:?}");
+        assert!(
+            matches!(&err, common::Error::Conflict(m) if m == "The order was changed at the same time; please try again"),
+            "{err:?}"
+        );
+    }
+    let stored = store.find(order.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.version),
+        (OrderStatus::Created, 1),
+        "nothing written"
+    );
+
+    // With the fleet's rounds the same stale copy decides again and wins.
+    let store = orders.orders();
+    let stale = changed_behind_its_back(&orders, &order).await;
+    let Cancellation::Cancelled(cancelled) = store.cancel(stale).await.unwrap() else {
+        panic!("not cancelled");
+    };
+    assert_eq!(cancelled.version, 3);
+}
+
 /// A hold as a crash leaves it: claimed at `age` ago by `order_id`.
 async fn leave_hold(orders: &support::TestOrders, key: &str, order_id: ObjectId, age: Duration) {
     leave_hold_of(orders, key, order_id, "someone", age).await

@@ -40,7 +40,9 @@ async fn ticket_created_inserts_the_ticket_into_the_replica_and_acks() {
             id: oid(&event.id),
             title: "concert".into(),
             price: Money::from_cents(1050),
-            version: 0
+            version: 0,
+            withdrawn: false,
+            reserved_for: Some(None),
         })
     );
 }
@@ -49,7 +51,7 @@ async fn ticket_created_inserts_the_ticket_into_the_replica_and_acks() {
 async fn ticket_created_twice_is_acked_and_does_not_undo_an_update() {
     let orders = spawn_orders().await;
     let created = TicketCreatedListener::new(orders.tickets());
-    let updated = TicketUpdatedListener::new(orders.tickets());
+    let updated = TicketUpdatedListener::new(orders.tickets(), orders.orders());
     let event = ticket_created("concert", 1000);
     created
         .handle(event.clone(), &delivery("ticket.created"))
@@ -88,7 +90,7 @@ async fn ticket_created_through_the_bus_reaches_the_replica() {
 async fn ticket_updated_applies_the_next_version_and_acks() {
     let orders = spawn_orders().await;
     let ticket = orders.seed_ticket("concert", 1000).await;
-    let listener = TicketUpdatedListener::new(orders.tickets());
+    let listener = TicketUpdatedListener::new(orders.tickets(), orders.orders());
 
     let handled = listener
         .handle(
@@ -109,7 +111,7 @@ async fn ticket_updated_applies_the_next_version_and_acks() {
 async fn ticket_updated_with_an_old_version_is_acked_without_change() {
     let orders = spawn_orders().await;
     let ticket = orders.seed_ticket("concert", 1000).await;
-    let listener = TicketUpdatedListener::new(orders.tickets());
+    let listener = TicketUpdatedListener::new(orders.tickets(), orders.orders());
     listener
         .handle(
             ticket_updated(&ticket, 1, "v1", 1100),
@@ -150,7 +152,7 @@ async fn ticket_updated_with_an_old_version_is_acked_without_change() {
 async fn ticket_updated_that_skips_a_version_is_retried_later_and_applied_after_its_predecessor() {
     let orders = spawn_orders().await;
     let ticket = orders.seed_ticket("concert", 1000).await;
-    let listener = TicketUpdatedListener::new(orders.tickets());
+    let listener = TicketUpdatedListener::new(orders.tickets(), orders.orders());
     let v1 = ticket_updated(&ticket, 1, "v1", 1100);
     let v2 = ticket_updated(&ticket, 2, "v2", 1200);
 
@@ -159,10 +161,7 @@ async fn ticket_updated_that_skips_a_version_is_retried_later_and_applied_after_
         .await
         .unwrap();
 
-    assert!(
-        matches!(early, Handled::RetryLater(delay) if delay > Duration::ZERO),
-        "{early:?}"
-    );
+    assert_eq!(early, Handled::Early);
     let replica = orders.replica(&ticket.id).await.unwrap();
     assert_eq!(
         (replica.version, replica.title.as_str()),
@@ -198,7 +197,7 @@ async fn ticket_updated_that_skips_a_version_is_retried_later_and_applied_after_
 #[tokio::test]
 async fn ticket_updated_for_a_ticket_not_yet_replicated_is_retried_later() {
     let orders = spawn_orders().await;
-    let listener = TicketUpdatedListener::new(orders.tickets());
+    let listener = TicketUpdatedListener::new(orders.tickets(), orders.orders());
     let ticket = ticket_created("concert", 1000);
 
     let handled = listener
@@ -209,7 +208,7 @@ async fn ticket_updated_for_a_ticket_not_yet_replicated_is_retried_later() {
         .await
         .unwrap();
 
-    assert!(matches!(handled, Handled::RetryLater(_)), "{handled:?}");
+    assert_eq!(handled, Handled::Early);
     assert_eq!(orders.replica(&ticket.id).await, None);
 }
 
@@ -324,7 +323,7 @@ async fn expiration_of_a_cancelled_or_unknown_order_is_acked_without_an_event() 
         .assert_status(204);
     let listener = ExpirationCompleteListener::new(orders.orders());
 
-    for order_id in [id.clone(), ObjectId::new().to_hex(), "not-an-id".to_owned()] {
+    for order_id in [id.clone(), ObjectId::new().to_hex()] {
         let handled = listener
             .handle(
                 ExpirationComplete {
@@ -336,6 +335,30 @@ async fn expiration_of_a_cancelled_or_unknown_order_is_acked_without_an_event() 
             .unwrap();
         assert_eq!(handled, Handled::Ack, "{order_id}");
     }
+    // A malformed id is never acked as if handled.
+    let malformed = ExpirationComplete {
+        order_id: "not-an-id".to_owned(),
+    };
+    let handled = listener
+        .handle(malformed.clone(), &delivery("expiration.complete"))
+        .await;
+    assert!(handled.is_err(), "{handled:?}");
+    // Through the bus it does not decode: the runner terminates it.
+    orders.bus.publish(&malformed).await.unwrap();
+    let terminated = testkit::eventually(Duration::from_secs(10), || async {
+        testkit::metric(
+            &orders.app,
+            "bus_events_total",
+            &[
+                ("consumer", "orders-service-expiration-complete"),
+                ("outcome", "terminated"),
+            ],
+        )
+        .await
+        .filter(|n| *n >= 1.0)
+    })
+    .await;
+    assert!(terminated.is_some(), "the malformed id was not terminated");
     assert_eq!(orders.order(&id).await.version, 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -370,7 +393,8 @@ async fn a_redelivered_payment_is_acked_without_change() {
     let orders = spawn_orders().await;
     let ticket = orders.seed_ticket("concert", 2000).await;
     let id = orders.create_order(&testkit::signin(), &ticket.id).await;
-    let listener = PaymentCreatedListener::new(orders.orders());
+    orders.reserve(&id).await;
+    let listener = PaymentCreatedListener::new(orders.orders(), orders.tickets());
     let payment = PaymentCreated {
         id: ObjectId::new().to_hex(),
         order_id: id.clone(),
@@ -399,7 +423,7 @@ async fn a_payment_for_a_cancelled_order_leaves_it_cancelled() {
         .delete(&format!("/api/orders/{id}"), Some(&user))
         .await
         .assert_status(204);
-    let listener = PaymentCreatedListener::new(orders.orders());
+    let listener = PaymentCreatedListener::new(orders.orders(), orders.tickets());
 
     let handled = listener
         .handle(

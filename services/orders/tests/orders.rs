@@ -25,6 +25,17 @@ async fn returns_404_when_the_ticket_does_not_exist() {
 }
 
 #[tokio::test]
+async fn accepts_a_session_cookie_forged_like_the_originals_tests() {
+    let orders = spawn_orders().await;
+    let ticket = orders.seed_ticket("concert", 2000).await;
+    let cookie = testkit::signin_like_the_original();
+    let order_id = orders.create_order(&cookie, &ticket.id).await;
+    let reply = orders.app.get("/api/orders", Some(&cookie)).await;
+    reply.assert_status(200);
+    assert_eq!(reply.body[0]["id"], order_id.as_str());
+}
+
+#[tokio::test]
 async fn returns_400_when_the_ticket_is_already_reserved() {
     let orders = spawn_orders().await;
     let ticket = orders.seed_ticket("concert", 2000).await;

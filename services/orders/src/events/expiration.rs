@@ -2,16 +2,16 @@
 //!
 //! An order that is neither paid nor cancelled is cancelled — through
 //! [`Orders::cancel`], exactly as the buyer's `DELETE` does, so the ticket is
-//! released and `order.cancelled` goes out via the outbox. A paid, already
-//! cancelled or unknown order is left alone.
+//! released and `order.cancelled` goes out via the outbox. A paid order
+//! (complete, or its payment recorded before its reservation: see
+//! [`super::payments`]), an already cancelled or an unknown one is left
+//! alone.
 
-use async_trait::async_trait;
 use common::{
     bus::{Delivery, Handled, Listener},
-    events::ExpirationComplete,
+    events::{ExpirationComplete, parse_id},
 };
 
-use super::object_id;
 use crate::store::{Cancellation, Orders};
 
 /// Cancels orders whose time is up.
@@ -25,15 +25,12 @@ impl ExpirationCompleteListener {
     }
 }
 
-#[async_trait]
 impl Listener for ExpirationCompleteListener {
     type Event = ExpirationComplete;
 
     #[tracing::instrument(skip_all, fields(order_id = %event.order_id))]
     async fn handle(&self, event: ExpirationComplete, _: &Delivery) -> anyhow::Result<Handled> {
-        let Some(id) = object_id("orderId", &event.order_id) else {
-            return Ok(Handled::Ack);
-        };
+        let id = parse_id("orderId", &event.order_id)?;
         let Some(order) = self.orders.find(id).await? else {
             tracing::warn!("expiration of an unknown order; ignored");
             return Ok(Handled::Ack);

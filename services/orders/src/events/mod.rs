@@ -1,14 +1,19 @@
 //! What orders does with the fleet's events: one [`Listener`] per subject,
 //! all under the durable name `orders-service`.
 //!
-//! - [`tickets`]: `ticket.created` / `ticket.updated` keep the ticket replica.
+//! - [`tickets`]: `ticket.created` / `ticket.updated` keep the ticket replica;
+//!   a withdrawal cancels the ticket's open orders; a reservation completes
+//!   its order if the payment came first.
 //! - [`expiration`]: `expiration.complete` cancels an order that is still open.
-//! - [`payments`]: `payment.created` completes an order.
+//! - [`payments`]: `payment.created` completes an order (or, before its
+//!   reservation, records the payment so that the order no longer expires).
 //!
 //! `common::bus` owns the loop, the acks and the retries; a listener only
 //! returns what happened once its write is durable. The events orders
 //! publishes (`order.created`, `order.cancelled`) are not sent from here:
 //! they are written into the changed order's outbox (see [`crate::store`]).
+//! An event whose id is not an ObjectId never reaches a listener: it does
+//! not decode, and the runner terminates it (`common::events`).
 //!
 //! [`Listener`]: common::bus::Listener
 
@@ -16,11 +21,7 @@ pub mod expiration;
 pub mod payments;
 pub mod tickets;
 
-use anyhow::Context as _;
-use common::bus::{Bus, Listener};
-use mongodb::bson::oid::ObjectId;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use common::{bus::Bus, server::Service};
 
 pub use expiration::ExpirationCompleteListener;
 pub use payments::PaymentCreatedListener;
@@ -31,66 +32,23 @@ use crate::store::{Orders, Tickets};
 /// The durable consumer name of every orders listener.
 pub const SERVICE: &str = "orders-service";
 
-/// Starts the four listeners as tasks of `tasks`; they stop on `shutdown`.
-pub async fn listen(
-    bus: &Bus,
-    orders: &Orders,
-    tickets: &Tickets,
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    spawn(
-        bus,
-        TicketCreatedListener::new(tickets.clone()),
-        tasks,
-        shutdown,
-    )
-    .await?;
-    spawn(
-        bus,
-        TicketUpdatedListener::new(tickets.clone()),
-        tasks,
-        shutdown,
-    )
-    .await?;
-    spawn(
-        bus,
-        ExpirationCompleteListener::new(orders.clone()),
-        tasks,
-        shutdown,
-    )
-    .await?;
-    spawn(
-        bus,
-        PaymentCreatedListener::new(orders.clone()),
-        tasks,
-        shutdown,
-    )
-    .await?;
-    Ok(())
-}
-
-async fn spawn<L: Listener>(
-    bus: &Bus,
-    listener: L,
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let running = bus.listen(SERVICE, listener, shutdown.clone()).await?;
-    tasks.spawn(async move { running.await.context("a listener task panicked")? });
-    Ok(())
-}
-
-/// The ObjectId in an event's id field. An event whose id is not one can
-/// never be applied: callers log it and ack it rather than retry forever.
-fn object_id(field: &str, value: &str) -> Option<ObjectId> {
-    let id = ObjectId::parse_str(value).ok();
-    if id.is_none() {
-        tracing::error!(
-            field,
-            value,
-            "event with an id that is not an ObjectId; dropped"
-        );
-    }
-    id
+/// `service` with the four listeners.
+pub fn listen(service: Service, bus: &Bus, orders: &Orders, tickets: &Tickets) -> Service {
+    service
+        .listen(bus, SERVICE, TicketCreatedListener::new(tickets.clone()))
+        .listen(
+            bus,
+            SERVICE,
+            TicketUpdatedListener::new(tickets.clone(), orders.clone()),
+        )
+        .listen(
+            bus,
+            SERVICE,
+            ExpirationCompleteListener::new(orders.clone()),
+        )
+        .listen(
+            bus,
+            SERVICE,
+            PaymentCreatedListener::new(orders.clone(), tickets.clone()),
+        )
 }

@@ -1,22 +1,22 @@
-//! `ticket.created` and `ticket.updated`: the ticket replica.
+//! `ticket.created` and `ticket.updated`: the ticket replica, the
+//! cancellation of orders for a ticket its seller withdrew, and the
+//! completion of an order paid before its reservation reached the replica
+//! (see [`super::payments`]).
 //!
 //! A ticket's events can arrive twice (redelivery) or out of order (two
 //! consumers, NAK delays). The replica stays right because every write is
 //! conditional (see [`crate::store::tickets`]): a second `ticket.created` hits
 //! the unique `_id` and is acked; a `ticket.updated` applies only on top of
-//! its predecessor — a duplicate is acked, an early one is retried later,
-//! with a delay that grows with each delivery, until its predecessor is in.
+//! its predecessor — a duplicate is acked, an early one is retried later
+//! (`Handled::Early`: the runner's delay grows with each delivery) until its
+//! predecessor is in.
 
-use std::time::Duration;
-
-use async_trait::async_trait;
 use common::{
     bus::{Delivery, Handled, Listener},
-    events::{TicketCreated, TicketUpdated},
+    events::{TicketCreated, TicketUpdated, parse_id},
 };
 
-use super::object_id;
-use crate::store::{Ticket, Tickets, UpdateOutcome};
+use crate::store::{Orders, Ticket, Tickets, VersionedUpdate};
 
 /// Inserts new tickets into the replica.
 pub struct TicketCreatedListener {
@@ -29,20 +29,19 @@ impl TicketCreatedListener {
     }
 }
 
-#[async_trait]
 impl Listener for TicketCreatedListener {
     type Event = TicketCreated;
 
     #[tracing::instrument(skip_all, fields(ticket_id = %event.id, version = event.version))]
     async fn handle(&self, event: TicketCreated, _: &Delivery) -> anyhow::Result<Handled> {
-        let Some(id) = object_id("id", &event.id) else {
-            return Ok(Handled::Ack);
-        };
+        let id = parse_id("id", &event.id)?;
         let ticket = Ticket {
             id,
             title: event.title,
             price: event.price,
             version: event.version,
+            withdrawn: false,
+            reserved_for: Some(None),
         };
         if self.tickets.insert(&ticket).await? {
             tracing::info!("ticket replicated");
@@ -53,76 +52,78 @@ impl Listener for TicketCreatedListener {
     }
 }
 
-/// Applies ticket updates in version order.
+/// Applies ticket updates in version order; on a withdrawal, cancels the
+/// ticket's open orders.
 pub struct TicketUpdatedListener {
     tickets: Tickets,
+    orders: Orders,
 }
 
 impl TicketUpdatedListener {
-    pub fn new(tickets: Tickets) -> Self {
-        Self { tickets }
+    pub fn new(tickets: Tickets, orders: Orders) -> Self {
+        Self { tickets, orders }
+    }
+
+    /// A withdrawal (`withdrawn: true`) applied to the replica, now or by an
+    /// earlier delivery that may have stopped before this step: cancels the
+    /// orders the ticket never reserved (idempotent).
+    async fn cancel_orders_if_withdrawn(&self, ticket: &Ticket) -> anyhow::Result<()> {
+        if ticket.withdrawn {
+            let cancelled = self.orders.cancel_for_withdrawn_ticket(ticket.id).await?;
+            tracing::info!(cancelled, "ticket withdrawn by its seller");
+        }
+        Ok(())
+    }
+
+    /// What an applied update (now, or by an earlier delivery that may have
+    /// stopped before this step) settles for the orders: a withdrawal
+    /// cancels the orders the ticket never reserved; a reservation completes
+    /// its order if the order's payment came first. Idempotent.
+    async fn settle_orders(&self, ticket: &Ticket) -> anyhow::Result<()> {
+        self.cancel_orders_if_withdrawn(ticket).await?;
+        if let Some(Some(order)) = ticket.reserved_for {
+            super::payments::complete_if_paid(&self.orders, order).await?;
+        }
+        Ok(())
     }
 }
 
-/// How long an early update waits before its next delivery: 0.5 s, doubling
-/// with each delivery, at most 30 s — quick when the predecessor is just
-/// behind, patient when its publisher is down (about 7 minutes over the
-/// default 20 deliveries).
-pub fn early_update_delay(delivered: u64) -> Duration {
-    common::backoff::doubling(
-        Duration::from_millis(500),
-        delivered.saturating_sub(1),
-        Duration::from_secs(30),
-    )
-}
-
-#[async_trait]
 impl Listener for TicketUpdatedListener {
     type Event = TicketUpdated;
 
     #[tracing::instrument(skip_all, fields(ticket_id = %event.id, version = event.version))]
     async fn handle(&self, event: TicketUpdated, delivery: &Delivery) -> anyhow::Result<Handled> {
-        let Some(id) = object_id("id", &event.id) else {
-            return Ok(Handled::Ack);
+        let id = parse_id("id", &event.id)?;
+        let reserved_for = match event.order_id.as_deref() {
+            Some(order) => Some(parse_id("orderId", order)?),
+            None => None,
         };
         let ticket = Ticket {
             id,
             title: event.title,
             price: event.price,
             version: event.version,
+            withdrawn: event.withdrawn,
+            reserved_for: Some(reserved_for),
         };
         Ok(match self.tickets.apply_update(&ticket).await? {
-            UpdateOutcome::Applied => {
+            VersionedUpdate::Applied => {
                 tracing::info!("ticket update applied");
+                self.settle_orders(&ticket).await?;
                 Handled::Ack
             }
-            UpdateOutcome::Duplicate => {
+            VersionedUpdate::Duplicate => {
                 tracing::debug!("ticket update already applied; duplicate acked");
+                self.settle_orders(&ticket).await?;
                 Handled::Ack
             }
-            UpdateOutcome::Early => {
-                let delay = early_update_delay(delivery.delivered);
+            VersionedUpdate::Early => {
                 tracing::info!(
-                    ?delay,
+                    delivered = delivery.delivered,
                     "ticket update arrived before its predecessor; retrying later"
                 );
-                Handled::RetryLater(delay)
+                Handled::Early
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn early_updates_back_off_up_to_half_a_minute() {
-        let delays: Vec<u64> = (1..=8)
-            .map(|n| early_update_delay(n).as_millis() as u64)
-            .collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
-        assert_eq!(early_update_delay(0), Duration::from_millis(500));
-        assert_eq!(early_update_delay(u64::MAX), Duration::from_secs(30));
     }
 }

@@ -56,6 +56,11 @@ struct OrderBody {
     #[schema(value_type = String, format = DateTime, example = "2024-05-01T12:15:00.000Z")]
     expires_at: DateTime<Utc>,
     version: i64,
+    /// Why it was cancelled, when neither the buyer nor the clock did it
+    /// (`The seller withdrew this ticket`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    cancel_reason: Option<String>,
     /// `null` only if the replica lost the ticket (as the original's
     /// `populate` would show it).
     #[schema(required = true)]
@@ -84,6 +89,7 @@ impl OrderBody {
             status: order.status,
             expires_at: order.expires_at(),
             version: order.version,
+            cancel_reason: order.cancel_reason.clone(),
             ticket: ticket.map(|t| TicketBody {
                 id: t.id.to_hex(),
                 title: t.title.clone(),
@@ -165,7 +171,8 @@ struct NewOrder {
 /// `POST /api/orders` — reserves the ticket for the expiration window.
 ///
 /// 400 `TicketId must be provided`, 404 for a ticket the replica does not
-/// know, 400 `Ticket is already reserved` when the one-order-per-ticket index
+/// know or knows withdrawn (also when the withdrawal lands while the order is
+/// written: the order is then cancelled, with its reason), 400 `Ticket is already reserved` when the one-order-per-ticket index
 /// refuses the insert, 400 `Too many active reservations` when the buyer
 /// already holds `MAX_ACTIVE_ORDERS_PER_USER` orders in `created` or
 /// `awaiting:payment`; 201 with the order, and `order.created` on its way.
@@ -179,7 +186,7 @@ struct NewOrder {
         (status = 201, description = "Ordered: the ticket is reserved until `expiresAt`", body = OrderBody),
         (status = 400, description = "`TicketId must be provided`, `Ticket is already reserved`, `Too many active reservations` (the buyer holds `MAX_ACTIVE_ORDERS_PER_USER` unpaid orders), or a body that is not the JSON expected", body = ErrorBody),
         (status = 401, description = "Not signed in", body = ErrorBody),
-        (status = 404, description = "No such ticket", body = ErrorBody),
+        (status = 404, description = "No such ticket, or its seller withdrew it", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
     ),
 )]
@@ -198,6 +205,7 @@ async fn create(
         .tickets
         .find(ticket_id)
         .await?
+        .filter(|ticket| !ticket.withdrawn)
         .ok_or(Error::NotFound)?;
 
     let order = Order::new(&user.id, ticket.id, Utc::now() + state.expiration_window);
@@ -215,6 +223,20 @@ async fn create(
             return Err(Error::bad_request("Too many active reservations"));
         }
         Err(CreateError::Other(e)) => return Err(e.into()),
+    }
+    // The seller may have withdrawn the ticket while the order was being
+    // written; the replica's listener may have looked for its orders before
+    // this one was in. Read again now that it is: whichever of the two reads
+    // last sees both writes (see `Orders::cancel_for_withdrawn_ticket`).
+    if state
+        .tickets
+        .find(ticket_id)
+        .await?
+        .is_some_and(|ticket| ticket.withdrawn)
+    {
+        state.orders.cancel_for_withdrawn_ticket(ticket_id).await?;
+        tracing::info!(order_id = %order.id, "ticket withdrawn while ordering; order cancelled");
+        return Err(Error::NotFound);
     }
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, "order created");
     Ok((

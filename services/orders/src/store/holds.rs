@@ -51,7 +51,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use common::events::OrderStatus;
+use common::{events::OrderStatus, mongo::DuplicateKey as _};
 
 /// The collection's name.
 pub const COLLECTION: &str = "holds";
@@ -142,10 +142,14 @@ impl Holds {
             at: bson::DateTime::now(),
         };
         for _ in 0..CLAIM_ATTEMPTS {
-            match self.holds.insert_one(&hold).await {
-                Ok(_) => return Ok(true),
-                Err(e) if common::mongo::is_duplicate_key(&e) => {}
-                Err(e) => return Err(anyhow::Error::new(e).context("failed to claim a hold")),
+            let claimed = self
+                .holds
+                .insert_one(&hold)
+                .await
+                .unless_duplicate()
+                .context("failed to claim a hold")?;
+            if claimed.is_some() {
+                return Ok(true);
             }
             let Some(current) = self
                 .holds
@@ -218,11 +222,13 @@ impl Holds {
     /// it exists.
     pub async fn abandon(&self, order_id: ObjectId) -> anyhow::Result<bool> {
         let tombstone = doc! { "_id": order_id, ABANDONED: true, "at": bson::DateTime::now() };
-        match self.orders.insert_one(tombstone).await {
-            Ok(_) => Ok(true),
-            Err(e) if common::mongo::is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(anyhow::Error::new(e).context("failed to abandon an order")),
-        }
+        let inserted = self
+            .orders
+            .insert_one(tombstone)
+            .await
+            .unless_duplicate()
+            .context("failed to abandon an order")?;
+        Ok(inserted.is_some())
     }
 
     /// Deletes `hold` if no live order owns it; whether it did (or the hold

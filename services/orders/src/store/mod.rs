@@ -14,4 +14,4 @@ pub mod orders;
 pub mod tickets;
 
 pub use orders::{Cancellation, Completion, CreateError, Order, Orders};
-pub use tickets::{Ticket, Tickets, UpdateOutcome};
+pub use tickets::{Ticket, Tickets, VersionedUpdate};

@@ -1,7 +1,8 @@
 //! The `orders` collection.
 //!
 //! ```text
-//! {_id, userId, status, expiresAt (date), version, ticketId, slot?, outbox: [...]}
+//! {_id, userId, status, expiresAt (date), version, ticketId, slot?,
+//!  cancelReason?, paymentId?, outbox: [...]}
 //! ```
 //!
 //! # One order per ticket, at most N active orders per user
@@ -23,21 +24,39 @@
 //! # Transitions and their events
 //!
 //! Every change bumps `version` and is a compare-and-set on the version read
-//! (DESIGN §4); a lost race re-reads and decides again. The event a change
+//! (DESIGN §4); a lost race re-reads and decides again, a bounded number of
+//! times (`common::cas`), and running out is the fleet's one 409
+//! ([`common::cas::Contended`]). The event a change
 //! causes (`order.created`, `order.cancelled`) is pushed into the same
-//! document's `outbox` in the same write (see [`common::outbox`]), and the
-//! relay is woken right after, so the event is published at once — or, after
-//! a crash, by the relay's next scan.
+//! document's `outbox` in the same write, and the relay is woken right
+//! after, so the event is published at once — or, after a crash, by the
+//! relay's next scan. [`common::owned`] makes those writes: this store only
+//! says what each transition changes.
+//!
+//! # A payment that overtakes the reservation
+//!
+//! A payment can reach orders before the replica shows that tickets
+//! reserved the order's ticket for it (tickets was slow, or down); tickets
+//! may still refuse the reservation because the seller withdrew the ticket
+//! first. Such an order is not completed yet, but its payment is recorded
+//! on it ([`Orders::record_payment`], `paymentId`): from then on neither the
+//! clock nor the buyer can cancel it — the buyer paid in time — and only a
+//! withdrawal that won does (payments then refunds). It completes when the
+//! reservation reaches the replica (see `crate::events`). Recording the
+//! payment is the one write that does not bump `version`: it changes
+//! nothing another service follows (no event, and payments' replica applies
+//! `order.cancelled` at `version − 1`), so every compare-and-set here
+//! compares `paymentId` as well as `version`.
 
 use std::collections::HashSet;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{self, Document, doc, oid::ObjectId},
-    options::{IndexOptions, ReturnDocument},
+    options::IndexOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +64,8 @@ use super::holds::{self, Holds};
 use common::{
     events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef},
     money::Money,
-    outbox::{self, Outbox, OutboxEvent},
+    outbox::Outbox,
+    owned::{self, Change, Owned, Record, Versioned},
 };
 
 /// The collection's name (the outbox relay reads it too).
@@ -54,11 +74,6 @@ pub const COLLECTION: &str = "orders";
 /// The indexes of the design before [`super::holds`] (a unique sparse
 /// index on a field of the order); dropped when found.
 const RETIRED_INDEXES: [&str; 2] = ["one_active_order_per_ticket", "active_orders_per_user"];
-
-/// How many times a transition re-reads after losing a compare-and-set before
-/// it gives up. Each loss means someone else changed the order, and an order
-/// only changes a few times in its life, so this is never reached in practice.
-const CAS_ATTEMPTS: usize = 8;
 
 /// A stored order (without its outbox and marker, which only the store uses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,7 +92,19 @@ pub struct Order {
     /// The buyer's slot the order holds, or held (see [`super::holds`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// Why a cancelled order was cancelled, when it was not the buyer or
+    /// the clock (e.g. [`WITHDRAWN`]); shown to the buyer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    /// The payment of an order still open because its payment came before
+    /// its reservation (see the module docs): paid, so it no longer expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
 }
+
+/// The reason given to the buyer of an order cancelled because the seller
+/// withdrew its ticket.
+pub const WITHDRAWN: &str = "The seller withdrew this ticket";
 
 impl Order {
     /// A new order of `user_id` for `ticket_id`, expiring at `expires_at`
@@ -91,6 +118,8 @@ impl Order {
             version: 0,
             ticket_id,
             slot: None,
+            cancel_reason: None,
+            payment_id: None,
         }
     }
 
@@ -120,10 +149,13 @@ pub enum CreateError {
     Other(#[from] anyhow::Error),
 }
 
-/// Whether dropping an index failed only because it is not there.
-fn is_missing_index(err: &mongodb::error::Error) -> bool {
-    // 26 NamespaceNotFound (no collection yet), 27 IndexNotFound.
-    matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(e) if e.code == 26 || e.code == 27)
+/// Who cancels an order (see [`Orders::cancel`], [`Orders::cancel_withdrawn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Its buyer (`DELETE`) or the clock (`expiration.complete`).
+    BuyerOrClock,
+    /// Its seller withdrew the ticket before tickets reserved it.
+    Withdrawn,
 }
 
 /// What [`Orders::cancel`] did.
@@ -133,7 +165,8 @@ pub enum Cancellation {
     Cancelled(Order),
     /// It was cancelled before: nothing changed, no new event.
     AlreadyCancelled(Order),
-    /// It is paid and cannot be cancelled.
+    /// It is paid — complete, or its payment recorded before its
+    /// reservation ([`Orders::record_payment`]) — and cannot be cancelled.
     Complete(Order),
     /// There is no such order.
     NotFound,
@@ -156,18 +189,27 @@ pub enum Completion {
 #[derive(Clone)]
 pub struct Orders {
     orders: Collection<Order>,
+    /// The same collection, for the writes of an order and its events.
+    owned: Owned<Order>,
     holds: Holds,
-    outbox: Outbox,
 }
 
 impl Orders {
     /// `outbox` is woken after every write that leaves an event behind.
     pub fn new(db: &Database, outbox: Outbox) -> Self {
+        let orders = db.collection(COLLECTION);
         Self {
-            orders: db.collection(COLLECTION),
+            owned: Owned::new(orders.clone(), outbox),
+            orders,
             holds: Holds::new(db, COLLECTION),
-            outbox,
         }
+    }
+
+    /// The same store, giving a compare-and-set at most `rounds` rounds
+    /// (tests use it to run out on purpose).
+    pub fn with_cas_rounds(mut self, rounds: u32) -> Self {
+        self.owned = self.owned.with_rounds(rounds);
+        self
     }
 
     /// The collection untyped, for the outbox relay.
@@ -175,15 +217,12 @@ impl Orders {
         db.collection(COLLECTION)
     }
 
-    /// The index behind "my orders, newest first" (the holds need none
-    /// but `_id`'s). Drops the indexes of the earlier design. Idempotent.
+    /// The indexes behind "my orders, newest first" and "the orders of a
+    /// ticket" (the holds need none but `_id`'s). Drops the indexes of the
+    /// earlier design. Idempotent.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         for retired in RETIRED_INDEXES {
-            match self.orders.drop_index(retired).await {
-                Ok(()) => tracing::info!(index = retired, "dropped a retired index"),
-                Err(e) if is_missing_index(&e) => {}
-                Err(e) => return Err(e),
-            }
+            common::mongo::drop_index_if_present(&self.orders, retired).await?;
         }
         let by_user = IndexModel::builder()
             .keys(doc! { "userId": 1, "_id": -1 })
@@ -194,6 +233,15 @@ impl Orders {
             )
             .build();
         self.orders.create_index(by_user).await?;
+        let by_ticket = IndexModel::builder()
+            .keys(doc! { "ticketId": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("orders_by_ticket".to_owned())
+                    .build(),
+            )
+            .build();
+        self.orders.create_index(by_ticket).await?;
         Ok(())
     }
 
@@ -277,22 +325,15 @@ impl Orders {
             slot: Some(slot),
             ..order.clone()
         };
-        let mut document = bson::to_document(&stored).context("failed to encode an order")?;
-        document.insert(outbox::FIELD, vec![OutboxEvent::of(&event)?.to_bson()?]);
-        let inserted = self
-            .orders
-            .clone_with_type::<Document>()
-            .insert_one(&document)
-            .await;
-        match inserted {
-            Ok(_) => {}
+        match self.owned.insert(&stored, &event).await {
+            Ok(true) => Ok(()),
             // Only `_id` is unique: the order was given up (tombstoned) in
             // the meantime — it took over the grace, or its buyer asked for
             // the ticket again — and the ticket is someone's else now.
-            Err(e) if common::mongo::is_duplicate_key(&e) => {
+            Ok(false) => {
                 self.give_back(&claimed, order.id).await;
                 tracing::info!(order_id = %order.id, "order given up before it was written");
-                return Err(CreateError::TicketReserved);
+                Err(CreateError::TicketReserved)
             }
             Err(e) => {
                 // The write may still have landed (a lost reply): tombstone
@@ -300,18 +341,14 @@ impl Orders {
                 match self.holds.abandon(order.id).await {
                     Ok(true) => self.give_back(&claimed, order.id).await,
                     Ok(false) => {
-                        self.outbox.wake(order.id);
+                        self.owned.wake(order.id);
                         return Ok(());
                     }
                     Err(_) => {} // given back later, see the holds' docs
                 }
-                return Err(anyhow::Error::new(e)
-                    .context("failed to insert an order")
-                    .into());
+                Err(e.context("failed to insert an order").into())
             }
         }
-        self.outbox.wake(order.id);
-        Ok(())
     }
 
     /// Claims one of the buyer's `max_active` slots for `order`, free ones
@@ -349,16 +386,34 @@ impl Orders {
         }
     }
 
-    /// Cancels `order` unless it is complete: status `cancelled`, the ticket
+    /// Cancels `order` unless it is paid: status `cancelled`, the ticket
     /// released (marker unset), version + 1, and `order.cancelled` in the
     /// outbox — one compare-and-set on the version. Both the buyer's `DELETE`
-    /// and `expiration.complete` cancel through here.
-    pub async fn cancel(&self, mut order: Order) -> anyhow::Result<Cancellation> {
-        for _ in 0..CAS_ATTEMPTS {
+    /// and `expiration.complete` cancel through here. An order that keeps
+    /// changing past the rounds is [`common::Error::Conflict`] (409).
+    pub async fn cancel(&self, order: Order) -> common::Result<Cancellation> {
+        self.cancel_for(order, Cause::BuyerOrClock).await
+    }
+
+    /// Cancels `order` because its seller withdrew its ticket before tickets
+    /// reserved it for the order, with the reason [`WITHDRAWN`] for the
+    /// buyer — even when its payment was recorded before the reservation
+    /// ([`Orders::record_payment`]): tickets never reserved the ticket, and
+    /// payments refunds the money when `order.cancelled` reaches it.
+    pub async fn cancel_withdrawn(&self, order: Order) -> common::Result<Cancellation> {
+        self.cancel_for(order, Cause::Withdrawn).await
+    }
+
+    async fn cancel_for(&self, mut order: Order, cause: Cause) -> common::Result<Cancellation> {
+        let mut rounds = self.owned.rounds(order.id);
+        loop {
             match order.status {
                 OrderStatus::Cancelled => return Ok(Cancellation::AlreadyCancelled(order)),
                 OrderStatus::Complete => return Ok(Cancellation::Complete(order)),
                 OrderStatus::Created | OrderStatus::AwaitingPayment => {}
+            }
+            if order.payment_id.is_some() && cause == Cause::BuyerOrClock {
+                return Ok(Cancellation::Complete(order));
             }
             let event = OrderCancelled {
                 id: order.id.to_hex(),
@@ -367,13 +422,13 @@ impl Orders {
                     id: order.ticket_id.to_hex(),
                 },
             };
-            let update = doc! {
-                "$set": { "status": OrderStatus::Cancelled.as_str(), "version": event.version },
-                "$push": outbox::push(&event)?,
-            };
-            match self.compare_and_set(&order, update).await? {
+            let mut set = doc! { "status": OrderStatus::Cancelled.as_str() };
+            if cause == Cause::Withdrawn {
+                set.insert("cancelReason", WITHDRAWN);
+            }
+            let change = Change::announced(doc! { "$set": set }, &event)?;
+            match self.write(&order, change).await? {
                 Ok(cancelled) => {
-                    self.outbox.wake(cancelled.id);
                     self.give_back(&cancelled.holds(), cancelled.id).await;
                     tracing::info!(order_id = %cancelled.id, ticket_id = %cancelled.ticket_id, version = cancelled.version, "order cancelled");
                     return Ok(Cancellation::Cancelled(cancelled));
@@ -381,28 +436,70 @@ impl Orders {
                 Err(Some(fresh)) => order = fresh,
                 Err(None) => return Ok(Cancellation::NotFound),
             }
+            rounds.lost().await?;
         }
-        bail!(
-            "order {} kept changing while it was being cancelled",
-            order.id
-        )
+    }
+
+    /// Cancels every order for `ticket_id` still `created` or
+    /// `awaiting:payment`, with the reason [`WITHDRAWN`]: its seller withdrew
+    /// the ticket before the ticket was reserved for it (a ticket reserved
+    /// by an order cannot be withdrawn). How many it cancelled.
+    ///
+    /// Runs after the replica records the withdrawal, and an order being
+    /// created reads the replica again after its insert (see
+    /// `routes::orders`): each of the two writes before it reads what the
+    /// other wrote, so at least one of them sees both and cancels the order.
+    pub async fn cancel_for_withdrawn_ticket(&self, ticket_id: ObjectId) -> anyhow::Result<usize> {
+        let active: Vec<Order> = self
+            .orders
+            .find(doc! {
+                "ticketId": ticket_id,
+                "status": { "$in": [OrderStatus::Created.as_str(), OrderStatus::AwaitingPayment.as_str()] },
+            })
+            .await
+            .context("failed to find the orders of a ticket")?
+            .try_collect()
+            .await
+            .context("failed to read the orders of a ticket")?;
+        let paid = self
+            .orders
+            .count_documents(
+                doc! { "ticketId": ticket_id, "status": OrderStatus::Complete.as_str() },
+            )
+            .await
+            .context("failed to count the paid orders of a ticket")?;
+        if paid > 0 {
+            // Only if its payment reached orders before the withdrawal did,
+            // both within the moments before tickets reserved the ticket
+            // (see docs/ARCHITECTURE.md): a human must refund it.
+            tracing::error!(%ticket_id, "a paid order's ticket was withdrawn; the order needs a refund");
+        }
+        let mut cancelled = 0;
+        for order in active {
+            if let Cancellation::Cancelled(order) = self.cancel_withdrawn(order).await? {
+                tracing::info!(order_id = %order.id, %ticket_id, "order cancelled: its ticket was withdrawn");
+                cancelled += 1;
+            }
+        }
+        Ok(cancelled)
     }
 
     /// Marks `order` paid: status `complete`, version + 1, unless it is
     /// cancelled. The ticket stays held. No event: the fleet has no consumer
-    /// for it (as in the original).
-    pub async fn complete(&self, mut order: Order) -> anyhow::Result<Completion> {
-        for _ in 0..CAS_ATTEMPTS {
+    /// for it (as in the original). An order that keeps changing past the
+    /// rounds is [`common::Error::Conflict`].
+    pub async fn complete(&self, mut order: Order) -> common::Result<Completion> {
+        let mut rounds = self.owned.rounds(order.id);
+        loop {
             match order.status {
                 OrderStatus::Complete => return Ok(Completion::AlreadyComplete(order)),
                 OrderStatus::Cancelled => return Ok(Completion::Cancelled(order)),
                 OrderStatus::Created | OrderStatus::AwaitingPayment => {}
             }
             // Paid: the ticket stays held, the buyer's slot is free again.
-            let update = doc! {
-                "$set": { "status": OrderStatus::Complete.as_str(), "version": order.version + 1 },
-            };
-            match self.compare_and_set(&order, update).await? {
+            let change =
+                Change::new_version(doc! { "$set": { "status": OrderStatus::Complete.as_str() } });
+            match self.write(&order, change).await? {
                 Ok(completed) => {
                     let slot: Vec<String> = completed.slot.iter().cloned().collect();
                     self.give_back(&slot, completed.id).await;
@@ -412,36 +509,73 @@ impl Orders {
                 Err(Some(fresh)) => order = fresh,
                 Err(None) => return Ok(Completion::NotFound),
             }
+            rounds.lost().await?;
         }
-        bail!(
-            "order {} kept changing while it was being completed",
-            order.id
-        )
     }
 
-    /// Applies `update` if the order is still at the version in `order`.
-    /// `Ok(updated)` on success; on a lost race `Err(Some(current))`, or
-    /// `Err(None)` if the order is gone.
-    async fn compare_and_set(
+    /// Records `payment_id` on `order`, still open because its payment
+    /// reached orders before the replica showed its reservation (see the
+    /// module docs): the clock and the buyer can no longer cancel it. No new
+    /// version and no event. Returns the order as it now is — recorded, or
+    /// found complete, cancelled or already recorded — or `None` if it is
+    /// gone.
+    pub async fn record_payment(
+        &self,
+        mut order: Order,
+        payment_id: &str,
+    ) -> common::Result<Option<Order>> {
+        let mut rounds = self.owned.rounds(order.id);
+        loop {
+            if !order.status.is_open() || order.payment_id.is_some() {
+                return Ok(Some(order));
+            }
+            let change = Change::bookkeeping(doc! { "$set": { "paymentId": payment_id } });
+            match self.write(&order, change).await? {
+                Ok(recorded) => {
+                    tracing::info!(order_id = %recorded.id, payment_id, "payment recorded before the reservation");
+                    return Ok(Some(recorded));
+                }
+                Err(Some(fresh)) => order = fresh,
+                Err(None) => return Ok(None),
+            }
+            rounds.lost().await?;
+        }
+    }
+
+    /// Writes `change` if the order is still at the version in `order`,
+    /// with the same recorded payment (which does not bump the version; see
+    /// the module docs). `Ok(written)`; on a lost race `Err(Some(current))`,
+    /// or `Err(None)` if the order is gone (a tombstone is no order).
+    async fn write(
         &self,
         order: &Order,
-        update: Document,
+        change: Change,
     ) -> anyhow::Result<Result<Order, Option<Order>>> {
-        let updated = self
-            .orders
-            .find_one_and_update(doc! { "_id": order.id, "version": order.version }, update)
-            .return_document(ReturnDocument::After)
-            .await
-            .with_context(|| format!("failed to update order {}", order.id))?;
-        match updated {
-            Some(updated) => Ok(Ok(updated)),
-            None => {
-                let current = self
-                    .find(order.id)
-                    .await
-                    .with_context(|| format!("failed to re-read order {}", order.id))?;
-                Ok(Err(current))
-            }
+        let change = change.only_if(owned::same_optional(
+            "paymentId",
+            order.payment_id.as_deref(),
+        ));
+        if let Some(written) = self.owned.write(order, change).await? {
+            return Ok(Ok(written));
         }
+        let current = self
+            .find(order.id)
+            .await
+            .with_context(|| format!("failed to re-read order {}", order.id))?;
+        Ok(Err(current))
+    }
+}
+
+impl Record for Order {
+    const KIND: &'static str = "order";
+
+    fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
+impl Versioned for Order {
+    fn version(&self) -> i64 {
+        self.version
     }
 }

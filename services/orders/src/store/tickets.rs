@@ -1,4 +1,5 @@
-//! The `tickets` replica: `{_id, title, price (cents), version}`.
+//! The `tickets` replica: `{_id, title, price (cents), version, orderId,
+//! withdrawn?}`.
 //!
 //! Orders never reads the tickets service's database; what it needs to know
 //! about a ticket (does it exist, its title and price) arrives as events and
@@ -13,7 +14,11 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use common::money::{self, Money};
+pub use common::replica::VersionedUpdate;
+use common::{
+    money::{self, Money},
+    mongo::DuplicateKey as _,
+};
 
 /// The collection's name.
 pub const COLLECTION: &str = "tickets";
@@ -29,18 +34,36 @@ pub struct Ticket {
     pub price: Money,
     /// The tickets service's version of it.
     pub version: i64,
+    /// Its seller withdrew it (`ticket.updated` with `withdrawn: true`): it
+    /// cannot be ordered, and an order for it is cancelled. Stored only when
+    /// true; final.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
+    /// The order tickets reserved it for, as of `version` (`ticket.updated`'s
+    /// `orderId`): `Some(None)` when unreserved. `None` only in a replica
+    /// written before orders kept it, which says nothing either way.
+    #[serde(
+        rename = "orderId",
+        default,
+        deserialize_with = "stored",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reserved_for: Option<Option<ObjectId>>,
 }
 
-/// What became of a `ticket.updated`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateOutcome {
-    /// The replica was at `version − 1` and is now at `version`.
-    Applied,
-    /// The replica is already at `version` or later: a redelivery.
-    Duplicate,
-    /// The replica is missing or behind `version − 1`: an earlier event has
-    /// not been applied yet.
-    Early,
+impl Ticket {
+    /// Whether tickets reserved the ticket for `order` — `None` when the
+    /// replica predates the field and cannot tell.
+    pub fn reserved_by(&self, order: ObjectId) -> Option<bool> {
+        self.reserved_for.map(|holder| holder == Some(order))
+    }
+}
+
+/// A stored field, `null` included, is `Some`; only a missing one is `None`.
+fn stored<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<ObjectId>>, D::Error> {
+    Option::<ObjectId>::deserialize(deserializer).map(Some)
 }
 
 /// The ticket replica and its queries.
@@ -75,34 +98,25 @@ impl Tickets {
     /// Inserts a new ticket; `false` if the replica already has one with this
     /// id (a redelivered `ticket.created`, possibly already updated since).
     pub async fn insert(&self, ticket: &Ticket) -> mongodb::error::Result<bool> {
-        match self.tickets.insert_one(ticket).await {
-            Ok(_) => Ok(true),
-            Err(e) if common::mongo::is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .tickets
+            .insert_one(ticket)
+            .await
+            .unless_duplicate()?
+            .is_some())
     }
 
     /// Applies `ticket` (at its new version) if the replica is at the version
     /// just before it — one conditional write, never a read-modify-write.
-    pub async fn apply_update(&self, ticket: &Ticket) -> mongodb::error::Result<UpdateOutcome> {
-        let applied = self
-            .tickets
-            .update_one(
-                doc! { "_id": ticket.id, "version": ticket.version - 1 },
-                doc! { "$set": {
-                    "title": &ticket.title,
-                    "price": ticket.price.cents(),
-                    "version": ticket.version,
-                } },
-            )
-            .await?;
-        if applied.matched_count == 1 {
-            return Ok(UpdateOutcome::Applied);
+    pub async fn apply_update(&self, ticket: &Ticket) -> mongodb::error::Result<VersionedUpdate> {
+        let mut set = doc! {
+            "title": &ticket.title,
+            "price": ticket.price.cents(),
+            "orderId": ticket.reserved_for.flatten(),
+        };
+        if ticket.withdrawn {
+            set.insert("withdrawn", true);
         }
-        // Not at version − 1: find out whether we are ahead or behind.
-        Ok(match self.find(ticket.id).await? {
-            Some(current) if current.version >= ticket.version => UpdateOutcome::Duplicate,
-            _ => UpdateOutcome::Early,
-        })
+        common::replica::apply(&self.tickets, ticket.id, ticket.version, set).await
     }
 }

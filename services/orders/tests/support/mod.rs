@@ -98,6 +98,7 @@ pub fn ticket_updated(
         price: Money::from_cents(cents),
         user_id: ticket.user_id.clone(),
         order_id: None,
+        withdrawn: false,
     }
 }
 
@@ -175,9 +176,33 @@ impl TestOrders {
             .to_owned()
     }
 
-    /// Publishes `payment.created` for `order_id` and waits until the order is
+    /// Publishes the `ticket.updated` with which tickets reserves the
+    /// order's ticket for it, and waits until the replica has it.
+    pub async fn reserve(&self, order_id: &str) -> Ticket {
+        let order = self.order(order_id).await;
+        let ticket_id = order.ticket_id.to_hex();
+        let replica = self.replica(&ticket_id).await.expect("no such ticket");
+        let reservation = TicketUpdated {
+            id: ticket_id.clone(),
+            version: replica.version + 1,
+            title: replica.title,
+            price: replica.price,
+            user_id: ObjectId::new().to_hex(),
+            order_id: Some(order_id.to_owned()),
+            withdrawn: false,
+        };
+        self.bus
+            .publish(&reservation)
+            .await
+            .expect("publish ticket.updated");
+        self.wait_for_replica(&ticket_id, reservation.version).await
+    }
+
+    /// Reserves the order's ticket as tickets would, publishes
+    /// `payment.created` for `order_id` and waits until the order is
     /// complete.
     pub async fn pay(&self, order_id: &str) {
+        self.reserve(order_id).await;
         let payment = PaymentCreated {
             id: ObjectId::new().to_hex(),
             order_id: order_id.to_owned(),
@@ -213,24 +238,6 @@ impl TestOrders {
     /// Waits until the service's durable consumer of `subject` has handled
     /// and acked everything in the stream.
     pub async fn wait_until_consumed(&self, subject: &str) {
-        let name = format!("{SERVICE}-{}", subject.replace('.', "-"));
-        let done = testkit::eventually(Duration::from_secs(10), || async {
-            let stream = self
-                .bus
-                .jetstream()
-                .get_stream(&self.bus.config().stream)
-                .await
-                .ok()?;
-            let info = stream.consumer_info(&name).await.ok()?;
-            (info.num_pending == 0
-                && info.num_ack_pending == 0
-                && info.delivered.stream_sequence > 0)
-                .then_some(())
-        })
-        .await;
-        assert!(
-            done.is_some(),
-            "consumer {name} did not catch up within 10s"
-        );
+        testkit::wait_until_consumed(&self.bus, SERVICE, subject).await;
     }
 }
