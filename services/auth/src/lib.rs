@@ -16,18 +16,15 @@ pub mod routes;
 pub mod store;
 pub mod throttle;
 
-use std::time::Duration;
-
 use axum::{Router, extract::FromRef};
 use common::{
     client::TrustedProxies,
     config::{ConfigError, Env, Secret},
     health::{self, Ready},
-    mongo, openapi, overload, server,
-    session::Sessions,
+    mongo, openapi, overload,
+    server::{self, Service},
+    session::{CookieName, Sessions},
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 /// Everything auth reads from the environment.
@@ -38,6 +35,10 @@ pub struct Settings {
     pub jwt_key: Secret,
     /// Local development: readable logs, cookies without `Secure`.
     pub development: bool,
+    /// The name of the session cookie auth sets (`SESSION_COOKIE_NAME`:
+    /// `session`, the default, or the original's `express:sess`); every
+    /// service accepts both.
+    pub session_cookie_name: CookieName,
     /// At most this many passwords queued or being hashed at once; one more
     /// sign-up or sign-in is refused with 503 and `Retry-After`
     /// (`PASSWORD_QUEUE_LIMIT`, default 32 per core).
@@ -60,6 +61,7 @@ impl Settings {
             mongo_uri: env.required("MONGO_URI")?,
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             development: env.development(),
+            session_cookie_name: env.parse_or("SESSION_COOKIE_NAME", CookieName::default())?,
             password_queue_limit: env
                 .parse_or("PASSWORD_QUEUE_LIMIT", password::default_queue_limit())?,
             signin_policy: throttle::Policy::from_env(env)?,
@@ -69,26 +71,15 @@ impl Settings {
     }
 }
 
-/// The state every handler gets.
-#[derive(Clone)]
+/// The state every handler gets; a handler may also extract any one field
+/// by its type (`State<Sessions>`, …).
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub users: store::Users,
     pub sessions: Sessions,
     pub hasher: password::Hasher,
     pub throttle: throttle::Throttle,
     pub trusted_proxies: TrustedProxies,
-}
-
-impl FromRef<AppState> for Sessions {
-    fn from_ref(state: &AppState) -> Self {
-        state.sessions.clone()
-    }
-}
-
-impl FromRef<AppState> for TrustedProxies {
-    fn from_ref(state: &AppState) -> Self {
-        state.trusted_proxies.clone()
-    }
 }
 
 impl Ready for AppState {
@@ -114,21 +105,19 @@ pub fn api() -> OpenApiRouter<AppState> {
         "auth",
         env!("CARGO_PKG_VERSION"),
         "Ticketing's users: sign up, sign in, sign out, and who is signed in. Sign-up and sign-in \
-         set the `session` cookie every service of the fleet accepts.",
+         set the session cookie (`session`, or `express:sess` as the original app named it: \
+         every service of the fleet accepts both).",
     ))
     .merge(routes::users::router())
 }
 
-/// A built service, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-}
+/// Builds the service: [`Application::build`].
+pub struct Application;
 
 impl Application {
     /// Connects to the database, makes sure the indexes exist and binds the
     /// port (`0` picks a free one).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let db = mongo::connect(&settings.mongo_uri, "auth").await?;
         let throttle = throttle::Throttle::new(&db, settings.signin_policy);
         throttle.ensure_indexes().await?;
@@ -136,34 +125,12 @@ impl Application {
         users.ensure_indexes().await?;
         let state = AppState {
             users,
-            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development)
+                .with_cookie_name(settings.session_cookie_name),
             hasher: password::Hasher::new(settings.password_queue_limit),
             throttle,
             trusted_proxies: settings.trusted_proxies,
         };
-        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
-        Ok(Self {
-            listener,
-            router: settings.limits.apply(app(state)),
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
-    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(port = self.port(), "auth listening");
-        server::serve(
-            self.listener,
-            self.router,
-            shutdown,
-            Duration::from_secs(20),
-        )
-        .await
+        Service::bind("auth", settings.port, settings.limits.apply(app(state))).await
     }
 }

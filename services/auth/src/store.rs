@@ -2,9 +2,10 @@
 //!
 //! Email is unique by index, not only by the check in the handler: two
 //! sign-ups racing for one address both pass the check, and the index lets
-//! exactly one of them in. The loser's duplicate-key error is reported as
-//! [`InsertError::EmailTaken`].
+//! exactly one of them in. The loser's duplicate-key error is the value
+//! `false` of [`Users::insert`].
 
+use common::mongo::DuplicateKey as _;
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{doc, oid::ObjectId},
@@ -21,15 +22,6 @@ pub struct User {
     pub email: String,
     /// argon2id PHC string.
     pub password: String,
-}
-
-/// Why a user could not be inserted.
-#[derive(Debug, thiserror::Error)]
-pub enum InsertError {
-    #[error("email already in use")]
-    EmailTaken,
-    #[error(transparent)]
-    Database(#[from] mongodb::error::Error),
 }
 
 /// The users collection and its queries.
@@ -70,11 +62,14 @@ impl Users {
         self.users.find_one(doc! { "email": email }).await
     }
 
-    pub async fn insert(&self, user: &User) -> Result<(), InsertError> {
-        match self.users.insert_one(user).await {
-            Ok(_) => Ok(()),
-            Err(e) if common::mongo::is_duplicate_key(&e) => Err(InsertError::EmailTaken),
-            Err(e) => Err(e.into()),
-        }
+    /// Inserts `user`; `false` if the email is taken (the unique index
+    /// refused it).
+    pub async fn insert(&self, user: &User) -> mongodb::error::Result<bool> {
+        Ok(self
+            .users
+            .insert_one(user)
+            .await
+            .unless_duplicate()?
+            .is_some())
     }
 }

@@ -10,6 +10,7 @@ async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: Default::default(),
         trusted_proxies: common::client::TrustedProxies::private_networks(),

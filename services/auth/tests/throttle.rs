@@ -16,6 +16,7 @@ async fn spawn_auth(mongo_uri: &str, policy: Policy) -> TestApp {
         mongo_uri: mongo_uri.to_owned(),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: policy,
         trusted_proxies: TrustedProxies::private_networks(),
@@ -153,6 +154,7 @@ async fn a_forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: Policy {
             per_account: 5,

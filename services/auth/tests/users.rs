@@ -13,11 +13,19 @@ async fn spawn_auth() -> TestApp {
 }
 
 async fn spawn_auth_with_queue(password_queue_limit: usize) -> TestApp {
+    spawn_auth_with(Default::default(), password_queue_limit).await
+}
+
+async fn spawn_auth_with(
+    session_cookie_name: common::session::CookieName,
+    password_queue_limit: usize,
+) -> TestApp {
     let settings = Settings {
         port: 0,
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         development: false,
+        session_cookie_name,
         password_queue_limit,
         signin_policy: Default::default(),
         trusted_proxies: common::client::TrustedProxies::private_networks(),
@@ -297,12 +305,43 @@ async fn signout_clears_the_cookie() {
         .await;
     reply.assert_status(200);
     assert_eq!(reply.body, json!({}));
-    let set = &reply.set_cookies()[0];
-    assert!(set.starts_with("session=;"), "{set}");
-    assert!(
-        set.contains("Max-Age=0") && set.contains("Expires=Thu, 01 Jan 1970"),
-        "{set}"
-    );
+    let set = reply.set_cookies();
+    assert_eq!(set.len(), 2, "{set:?}");
+    for (name, set) in ["session", "express:sess"].into_iter().zip(&set) {
+        assert!(set.starts_with(&format!("{name}=;")), "{set}");
+        assert!(
+            set.contains("Max-Age=0") && set.contains("Expires=Thu, 01 Jan 1970"),
+            "{set}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn currentuser_accepts_a_cookie_forged_like_the_originals_tests() {
+    let app = spawn_auth().await;
+    let reply = app
+        .get(
+            "/api/users/currentuser",
+            Some(&testkit::signin_like_the_original()),
+        )
+        .await;
+    reply.assert_status(200);
+    assert_eq!(reply.body["currentUser"]["email"], "test@test.com");
+}
+
+#[tokio::test]
+async fn session_cookie_name_setting_names_the_cookie_set() {
+    let app = spawn_auth_with(
+        common::session::CookieName::Original,
+        auth::password::default_queue_limit(),
+    )
+    .await;
+    let reply = signup(&app, "test@test.com", "password").await;
+    reply.assert_status(201);
+    let cookie = reply.session_cookie().unwrap();
+    assert!(cookie.starts_with("express:sess="), "{cookie}");
+    let me = app.get("/api/users/currentuser", Some(&cookie)).await;
+    assert_eq!(me.body["currentUser"]["email"], "test@test.com");
 }
 
 #[tokio::test]

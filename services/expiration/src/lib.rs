@@ -23,16 +23,13 @@ pub mod scheduler;
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use common::{
     bus::{Bus, BusConfig},
     config::{ConfigError, Env},
     health::{self, Ready},
-    server,
+    server::{self, Service},
 };
-use tokio::{net::TcpListener, task::JoinSet};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     events::order_created::ScheduleExpiration,
@@ -98,59 +95,27 @@ pub fn app(state: AppState) -> Router {
     server::finish(Router::new().merge(health::routes()).with_state(state))
 }
 
-/// A built service, connected and bound to its port, ready to run.
-pub struct Application {
-    listener: TcpListener,
-    state: AppState,
-    scheduler: SchedulerConfig,
-    limits: common::overload::Limits,
-}
+/// Builds the service: [`Application::build`].
+pub struct Application;
 
 impl Application {
     /// Connects to Redis and NATS (creating the stream if needed) and binds
-    /// the port (`0` picks a free one).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// the port (`0` picks a free one): the probes, the `order.created`
+    /// listener and the scheduler, which publishes `expiration.complete`
+    /// when a job is due.
+    pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let jobs = Jobs::connect(&settings.redis_url, &settings.key_prefix).await?;
         let bus = Bus::connect(settings.bus).await?;
-        let listener = TcpListener::bind(("0.0.0.0", settings.port))
-            .await
-            .with_context(|| format!("failed to bind port {}", settings.port))?;
-        Ok(Self {
-            listener,
-            state: AppState { jobs, bus },
-            scheduler: SchedulerConfig::default(),
-            limits: settings.limits,
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
-    /// Runs the `order.created` listener, the scheduler and the probes until
-    /// `shutdown` is cancelled; then stops taking messages, finishes the
-    /// message and the batch of jobs in hand, and returns.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let port = self.port();
-        let AppState { jobs, bus } = self.state.clone();
-        let scheduler = Scheduler::new(jobs.clone(), bus.clone(), self.scheduler);
-        let listener = ScheduleExpiration::new(jobs, scheduler.waker());
-        let listening = bus.listen(SERVICE, listener, shutdown.clone()).await?;
-
-        let mut background = JoinSet::new();
-        background.spawn(async move {
-            listening
-                .await
-                .context("the order.created listener panicked")?
-        });
-        background.spawn(scheduler.run(shutdown.clone()));
-
-        tracing::info!(port, "expiration listening");
-        let router = self.limits.apply(app(self.state));
-        server::run(self.listener, router, background, shutdown).await
+        let scheduler = Scheduler::new(jobs.clone(), bus.clone(), SchedulerConfig::default());
+        let listener = ScheduleExpiration::new(jobs.clone(), scheduler.waker());
+        let router = settings.limits.apply(app(AppState {
+            jobs,
+            bus: bus.clone(),
+        }));
+        Ok(Service::bind("expiration", settings.port, router)
+            .await?
+            .listen(&bus, SERVICE, listener)
+            .task(move |stop| scheduler.run(stop)))
     }
 }
 

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::bus::Bus;
-use common::events::{Event, ExpirationComplete, OrderCreated, OrderStatus, OrderTicket};
-use common::money::Money;
+use common::events::{Event, ExpirationComplete, OrderCreated};
 use expiration::jobs::Jobs;
 use expiration::{Application, SERVICE, Settings};
 use futures::StreamExt as _;
@@ -94,26 +93,7 @@ impl World {
     /// Waits until the service's durable consumer has handled (acked) every
     /// `order.created` published so far.
     async fn wait_until_orders_handled(&self) {
-        let name = format!("{SERVICE}-{}", OrderCreated::SUBJECT.replace('.', "-"));
-        let handled = testkit::eventually(Duration::from_secs(10), || async {
-            let stream = self
-                .bus
-                .jetstream()
-                .get_stream(&self.bus.config().stream)
-                .await
-                .ok()?;
-            let mut consumer = stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-                .await
-                .ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        })
-        .await;
-        assert!(
-            handled.is_some(),
-            "order.created events were not all handled within 10s"
-        );
+        testkit::wait_until_consumed(&self.bus, SERVICE, OrderCreated::SUBJECT).await;
     }
 
     /// The `expiration.complete` events stored in the stream.
@@ -236,15 +216,8 @@ fn in_ms(offset: TimeDelta) -> DateTime<Utc> {
 
 fn order_created_event(expires_at: DateTime<Utc>) -> OrderCreated {
     OrderCreated {
-        id: new_order_id(),
-        version: 0,
-        status: OrderStatus::Created,
-        user_id: new_order_id(),
         expires_at,
-        ticket: OrderTicket {
-            id: new_order_id(),
-            price: Money::from_cents(2000),
-        },
+        ..testkit::order_created()
     }
 }
 

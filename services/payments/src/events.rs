@@ -16,12 +16,9 @@
 //! What payments tells the fleet (`payment.created`) leaves through the outbox
 //! of the payment document, see [`crate::store::payments`].
 
-use std::time::Duration;
-
-use async_trait::async_trait;
 use common::{
     bus::{Delivery, Handled, Listener},
-    events::{OrderCancelled, OrderCreated},
+    events::{OrderCancelled, OrderCreated, parse_id},
 };
 use mongodb::bson::oid::ObjectId;
 
@@ -39,15 +36,12 @@ pub struct OrderCreatedListener {
     pub orders: Orders,
 }
 
-#[async_trait]
 impl Listener for OrderCreatedListener {
     type Event = OrderCreated;
 
     #[tracing::instrument(skip_all, fields(order_id = %event.id, version = event.version))]
     async fn handle(&self, event: OrderCreated, _delivery: &Delivery) -> anyhow::Result<Handled> {
-        let Some(id) = order_id(&event.id) else {
-            return Ok(Handled::Ack);
-        };
+        let id = parse_id("id", &event.id)?;
         let order = Order {
             id,
             version: event.version,
@@ -86,15 +80,12 @@ impl OrderCancelledListener {
     }
 }
 
-#[async_trait]
 impl Listener for OrderCancelledListener {
     type Event = OrderCancelled;
 
     #[tracing::instrument(skip_all, fields(order_id = %event.id, version = event.version))]
     async fn handle(&self, event: OrderCancelled, delivery: &Delivery) -> anyhow::Result<Handled> {
-        let Some(id) = order_id(&event.id) else {
-            return Ok(Handled::Ack);
-        };
+        let id = parse_id("id", &event.id)?;
         Ok(match self.orders.cancel(id, event.version).await? {
             VersionedUpdate::Applied => {
                 tracing::info!("order cancelled");
@@ -113,44 +104,13 @@ impl Listener for OrderCancelledListener {
                 }
                 Handled::Ack
             }
-            VersionedUpdate::Early => Handled::RetryLater(early_retry_delay(delivery.delivered)),
+            VersionedUpdate::Early => {
+                tracing::debug!(
+                    delivered = delivery.delivered,
+                    "order.cancelled ahead of the replica; retrying later"
+                );
+                Handled::Early
+            }
         })
-    }
-}
-
-/// How long an event that arrived before its predecessor waits: growing with
-/// each delivery (0.5 s, 1 s, … up to 10 s), so a lagging `order.created` has
-/// a couple of minutes over the consumer's allowed deliveries to catch up.
-fn early_retry_delay(delivered: u64) -> Duration {
-    Duration::from_millis(500)
-        .saturating_mul(u32::try_from(delivered.max(1)).unwrap_or(u32::MAX))
-        .min(Duration::from_secs(10))
-}
-
-/// The order id of an event; a malformed one can never be applied, so it is
-/// logged loudly and the event dropped rather than retried.
-fn order_id(raw: &str) -> Option<ObjectId> {
-    match ObjectId::parse_str(raw) {
-        Ok(id) => Some(id),
-        Err(_) => {
-            tracing::error!(
-                order_id = raw,
-                "order event with a malformed order id; dropped"
-            );
-            None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn early_events_wait_longer_on_each_delivery_up_to_a_cap() {
-        assert_eq!(early_retry_delay(0), Duration::from_millis(500));
-        assert_eq!(early_retry_delay(1), Duration::from_millis(500));
-        assert_eq!(early_retry_delay(4), Duration::from_secs(2));
-        assert_eq!(early_retry_delay(1_000), Duration::from_secs(10));
     }
 }

@@ -30,12 +30,10 @@ use common::{
     health::{self, Ready},
     mongo, openapi,
     outbox::Relay,
-    server,
+    server::{self, Service},
     session::Sessions,
 };
 use mongodb::Database;
-use tokio::{net::TcpListener, task::JoinSet};
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
@@ -98,8 +96,9 @@ impl Settings {
     }
 }
 
-/// The state every handler gets.
-#[derive(Clone)]
+/// The state every handler gets; a handler may also extract any one field
+/// by its type (`State<Sessions>`, …).
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub db: Database,
     pub orders: Orders,
@@ -109,12 +108,6 @@ pub struct AppState {
     pub webhook_secret: Secret,
     pub bus: Bus,
     pub sessions: Sessions,
-}
-
-impl FromRef<AppState> for Sessions {
-    fn from_ref(state: &AppState) -> Self {
-        state.sessions.clone()
-    }
 }
 
 impl Ready for AppState {
@@ -148,27 +141,21 @@ pub fn api() -> OpenApiRouter<AppState> {
     .merge(routes::webhook::router())
 }
 
-/// A built service, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-    bus: Bus,
-    orders: Orders,
-    settle: Settle,
-    /// `None` when [`Settings::outbox_relay`] is off.
-    relay: Option<Relay>,
-}
+/// Builds the service: [`Application::build`].
+pub struct Application;
 
 impl Application {
     /// Connects to the database and NATS, makes sure the indexes and the
-    /// stream exist, and binds the port (`0` picks a free one).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// stream exist, and binds the port (`0` picks a free one): the HTTP
+    /// server, the order listeners, the outbox relay and the sweep of
+    /// half-done refunds and cancels.
+    pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let db = mongo::connect(&settings.mongo_uri, "payments").await?;
         let orders = Orders::new(&db);
-        let payments = Payments::new(&db);
-        payments.ensure_indexes().await?;
         let bus = Bus::connect(settings.bus.clone()).await?;
-        let (relay, outbox) = Relay::new(bus.clone(), payments.outbox_collection());
+        let (relay, outbox) = Relay::new(bus.clone(), Payments::raw_collection(&db));
+        let payments = Payments::new(&db, outbox);
+        payments.ensure_indexes().await?;
         let settle = Settle {
             payments: payments.clone(),
             orders: orders.clone(),
@@ -176,7 +163,7 @@ impl Application {
                 settings.stripe_key.expose(),
                 settings.stripe_api_base.as_deref(),
             )?,
-            outbox,
+            in_flight: Default::default(),
         };
         let state = AppState {
             db,
@@ -187,49 +174,19 @@ impl Application {
             bus: bus.clone(),
             sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
         };
-        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
-        Ok(Self {
-            listener,
-            router: settings.limits.apply(app(state)),
-            bus,
-            orders,
-            settle,
-            relay: settings.outbox_relay.then_some(relay),
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
-    /// Serves requests, consumes order events, relays the outbox and sweeps
-    /// half-done refunds and cancels until `shutdown` is cancelled; then
-    /// drains and stops.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(port = self.port(), "payments listening");
-        let mut background = JoinSet::new();
-        if let Some(relay) = self.relay {
-            background.spawn(relay.run(shutdown.clone()));
-        }
-        background.spawn(self.settle.clone().sweep(shutdown.clone()));
+        let service =
+            Service::bind("payments", settings.port, settings.limits.apply(app(state))).await?;
         let created = OrderCreatedListener {
-            orders: self.orders.clone(),
+            orders: orders.clone(),
         };
         let cancelled = OrderCancelledListener {
-            orders: self.orders,
-            settle: Some(self.settle),
+            orders,
+            settle: Some(settle.clone()),
         };
-        for listener in [
-            self.bus.listen(SERVICE, created, shutdown.clone()).await?,
-            self.bus
-                .listen(SERVICE, cancelled, shutdown.clone())
-                .await?,
-        ] {
-            background.spawn(async move { listener.await? });
-        }
-        server::run(self.listener, self.router, background, shutdown).await
+        Ok(service
+            .relay(settings.outbox_relay.then_some(relay))
+            .task(move |stop| settle.sweep(stop))
+            .listen(&bus, SERVICE, created)
+            .listen(&bus, SERVICE, cancelled))
     }
 }

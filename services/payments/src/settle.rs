@@ -23,13 +23,21 @@
 //!
 //! Each Stripe call is preceded by a durable `refunding` / `cancelling`
 //! status; a failure or a crash leaves it there and the next webhook, event
-//! or sweep finishes the call with the same key.
+//! or sweep finishes the call with the same key. The sweep leaves alone a
+//! payment this process is closing or refunding right now ([`InFlight`]):
+//! its cancel may be slow to reach Stripe, and a second one sent past it
+//! would cancel an intent whose buyer is authenticating — money that should
+//! land (and be refunded) would be refused instead.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use common::{events::OrderStatus, outbox::Outbox};
-use mongodb::bson::doc;
+use common::events::OrderStatus;
+use mongodb::bson::{doc, oid::ObjectId};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -46,7 +54,51 @@ pub struct Settle {
     pub payments: Payments,
     pub orders: Orders,
     pub stripe: Stripe,
-    pub outbox: Outbox,
+    /// The payments a close or a refund of this process is working on.
+    pub in_flight: InFlight,
+}
+
+/// The payments being closed or refunded by this process, each counted once
+/// per call working on it (a close may refund inside).
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<Mutex<HashMap<ObjectId, usize>>>);
+
+impl InFlight {
+    /// Marks `id` worked on until the guard is dropped.
+    fn enter(&self, id: ObjectId) -> Working {
+        *self.lock().entry(id).or_default() += 1;
+        Working {
+            in_flight: self.clone(),
+            id,
+        }
+    }
+
+    /// Whether a call of this process is working on `id`.
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, usize>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A call working on a payment (see [`InFlight::enter`]).
+struct Working {
+    in_flight: InFlight,
+    id: ObjectId,
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        let mut working = self.in_flight.lock();
+        if let Some(count) = working.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                working.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// What [`Settle::succeeded`] did.
@@ -71,7 +123,6 @@ impl Settle {
             .context("failed to read an order")?;
         let order_open = order.is_none_or(|order| order.status != OrderStatus::Cancelled);
         if order_open && let Some(paid) = self.payments.mark_succeeded(payment, intent_id).await? {
-            self.outbox.wake(paid.id);
             tracing::info!(payment_id = %paid.id, "payment succeeded");
             return Ok(Succeeded::Recorded(paid));
         }
@@ -95,6 +146,7 @@ impl Settle {
     /// Stripe being unavailable leaves it `refunding` for the sweep.
     pub async fn refund(&self, payment: &Payment, intent_id: &str) -> anyhow::Result<Payment> {
         use PaymentStatus::*;
+        let _working = self.in_flight.enter(payment.id);
         let refunding = match self
             .payments
             .transition(
@@ -144,6 +196,7 @@ impl Settle {
     #[tracing::instrument(skip_all, fields(order_id = %payment.order_id))]
     pub async fn close(&self, payment: &Payment) -> anyhow::Result<Payment> {
         use PaymentStatus::*;
+        let _working = self.in_flight.enter(payment.id);
         let mut payment = payment.clone();
         if payment.status == Pending && payment.payment_intent_id.is_none() {
             if self.payments.cancel_without_intent(payment.id).await? {
@@ -210,9 +263,13 @@ impl Settle {
         Ok(cancelling)
     }
 
-    /// Finishes every payment left `refunding` or `cancelling`.
+    /// Finishes every payment left `refunding` or `cancelling`, but those a
+    /// call of this process is still working on.
     pub async fn sweep_once(&self) -> anyhow::Result<()> {
         for payment in self.payments.unfinished().await? {
+            if self.in_flight.contains(payment.id) {
+                continue;
+            }
             let result = match (&payment.status, payment.payment_intent_id.as_deref()) {
                 (PaymentStatus::Refunding, Some(intent)) => self.refund(&payment, intent).await,
                 _ => self.close(&payment).await,

@@ -35,7 +35,7 @@ use stripe_core::{
     },
     refund::CreateRefund,
 };
-use stripe_shared::{PaymentIntent, PaymentIntentStatus, PaymentMethod};
+use stripe_shared::{PaymentIntent, PaymentMethod};
 use stripe_types::Currency;
 
 /// How long one call to Stripe may take before it counts as unreachable.
@@ -88,16 +88,12 @@ impl From<PaymentIntent> for Intent {
     fn from(intent: PaymentIntent) -> Self {
         Self {
             id: intent.id.to_string(),
-            status: status_str(&intent.status).to_owned(),
+            status: intent.status.as_str().to_owned(),
             client_secret: intent.client_secret,
             amount: intent.amount,
             last_error: intent.last_payment_error.and_then(|e| e.message),
         }
     }
-}
-
-fn status_str(status: &PaymentIntentStatus) -> &str {
-    status.as_str()
 }
 
 /// Why a Stripe call did not do what was asked.

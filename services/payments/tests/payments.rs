@@ -47,6 +47,25 @@ async fn requires_a_signed_in_user() {
 }
 
 #[tokio::test]
+async fn accepts_a_session_cookie_forged_like_the_originals_tests() {
+    let h = Harness::spawn().await;
+    let cookie = testkit::signin_like_the_original();
+    // Past the session check: an unknown order is a 404, not a 401.
+    h.open(&cookie, ObjectId::new())
+        .await
+        .assert_error(404, "Not Found");
+    let reply = h
+        .app
+        .get(
+            &format!("/api/payments?orderId={}", ObjectId::new().to_hex()),
+            Some(&cookie),
+        )
+        .await;
+    reply.assert_status(200);
+    assert_eq!(reply.body, json!([]));
+}
+
+#[tokio::test]
 async fn requires_a_valid_order_id_and_a_token_only_if_one_is_given() {
     let h = Harness::spawn().await;
     let (_, cookie) = user();
@@ -398,18 +417,26 @@ async fn a_webhook_of_success_arriving_after_the_cancel_refunds_the_money() {
     );
 }
 
-#[tokio::test]
-async fn cancelling_the_order_cancels_its_intent_so_it_cannot_be_paid_afterwards() {
-    let h = Harness::spawn().await;
+/// A buyer's order of `cents` whose intent waits for 3-D Secure: the
+/// buyer's cookie, the order and the intent.
+async fn in_3d_secure(h: &Harness, cents: i64) -> (String, ObjectId, String) {
     let (buyer, cookie) = user();
-    let order = h.order_created(&buyer, Money::from_cents(3000)).await;
+    let order = h.order_created(&buyer, Money::from_cents(cents)).await;
     let intent_id = intent_of(&h.open(&cookie, order).await);
-    let stripe = h.stripe();
-    // The buyer is in 3-D Secure when the window runs out.
-    let (_, confirming) = stripe
+    let (_, confirming) = h
+        .stripe()
         .confirm(&intent_id, "pm_card_threeDSecure2Required")
         .await;
     assert_eq!(confirming["status"], "requires_action");
+    (cookie, order, intent_id)
+}
+
+#[tokio::test]
+async fn cancelling_the_order_cancels_its_intent_so_it_cannot_be_paid_afterwards() {
+    let h = Harness::spawn().await;
+    // The buyer is in 3-D Secure when the window runs out.
+    let (cookie, order, intent_id) = in_3d_secure(&h, 3000).await;
+    let stripe = h.stripe();
     h.order_cancelled(order, 1).await;
 
     h.wait_for_payment(order, "cancelled").await;
@@ -431,6 +458,34 @@ async fn cancelling_the_order_cancels_its_intent_so_it_cannot_be_paid_afterwards
         .await
         .assert_error(400, "Cannot pay for a cancelled order");
     assert_eq!(stripe.intents_for(order).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_sweep_leaves_alone_a_cancel_still_on_its_way_so_money_that_lands_first_is_refunded() {
+    let h = Harness::spawn().await;
+    let (_, order, intent_id) = in_3d_secure(&h, 1250).await;
+    let stripe = h.stripe();
+    // The cancel sent when the order is cancelled reaches Stripe only after
+    // the buyer's bank said yes; the sweep (every 5 s) runs meanwhile and
+    // must not send a cancel of its own past it.
+    stripe
+        .hold_before(&format!("/v1/payment_intents/{intent_id}/cancel"), 9)
+        .await;
+    h.order_cancelled(order, 1).await;
+    h.wait_for_payment(order, "cancelling").await;
+    tokio::time::sleep(payments::settle::SWEEP_EVERY + std::time::Duration::from_secs(1)).await;
+    let (status, _) = stripe
+        .post(
+            &format!("../_fake/payment_intents/{intent_id}/authenticate"),
+            &[("result", "succeed")],
+        )
+        .await;
+    assert_eq!(status, 200, "the intent was cancelled under the buyer");
+
+    h.wait_for_payment(order, "refunded").await;
+    let refunds = stripe.refunds_of(&intent_id).await;
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0]["amount"], 1250);
 }
 
 #[tokio::test]
@@ -527,11 +582,35 @@ async fn concurrent_legacy_submits_for_one_order_pay_once() {
     for reply in replies.iter().filter(|r| r.status != 201) {
         reply.assert_error(400, "Order is already paid");
     }
-    let intents = h.stripe().intents_for(order).await;
-    assert_eq!(intents.len(), 1, "{intents:?}");
+    // A submit that lost the race never refunds the winner's money.
+    h.stripe().assert_paid_once_without_refund(order).await;
     testkit::wait_for_published::<PaymentCreated>(&h.bus, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(testkit::published::<PaymentCreated>(&h.bus).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_submit_whose_intent_comes_back_after_another_paid_is_told_so_and_refunds_nothing() {
+    let h = Harness::spawn().await;
+    let (buyer, cookie) = user();
+    let order = h.order_created(&buyer, Money::from_cents(4200)).await;
+    // The first submit's request for the intent reaches Stripe only after the
+    // second submit has created, confirmed and recorded it.
+    h.stripe().hold_before("/v1/payment_intents", 2).await;
+    let late = h.pay(&cookie, "tok_visa", order);
+    let early = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h.pay(&cookie, "tok_visa", order).await
+    };
+    let (late, early) = futures::join!(late, early);
+
+    early.assert_status(201);
+    late.assert_error(400, "Order is already paid");
+    h.stripe().assert_paid_once_without_refund(order).await;
+    assert_eq!(
+        h.payment_of(order).await.unwrap().get_str("status"),
+        Ok("succeeded")
+    );
 }
 
 #[tokio::test]

@@ -8,13 +8,14 @@
 use axum::{
     extract::State,
     http::{StatusCode, header},
-    response::{IntoResponse, Response},
+    response::{AppendHeaders, IntoResponse, Response},
 };
 use common::{
     Error, Result,
     client::ClientIp,
-    error::{ErrorBody, ErrorItem, Json},
+    error::{ErrorBody, Json},
     session::{CurrentUser, Sessions, UserView},
+    validate::Fields,
 };
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -22,10 +23,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{
-    AppState,
-    store::{InsertError, User},
-};
+use crate::{AppState, store::User};
 
 /// The routes and their OpenAPI description (see `common::openapi`).
 pub fn router() -> OpenApiRouter<AppState> {
@@ -57,25 +55,16 @@ impl Credentials {
         password_ok: impl Fn(&str) -> bool,
         password_message: &str,
     ) -> Result<(String, String)> {
-        let email = valid_email(&self.email);
+        let mut fields = Fields::default();
+        let email = fields.check("email", valid_email(&self.email), "Email must be valid");
         let password = self
             .password
             .as_str()
             .map(str::trim)
-            .filter(|p| password_ok(p));
-        match (email, password) {
-            (Some(email), Some(password)) => Ok((email, password.to_owned())),
-            (email, password) => {
-                let mut errors = Vec::new();
-                if email.is_none() {
-                    errors.push(ErrorItem::field("email", "Email must be valid"));
-                }
-                if password.is_none() {
-                    errors.push(ErrorItem::field("password", password_message));
-                }
-                Err(Error::Validation(errors))
-            }
-        }
+            .filter(|p| password_ok(p))
+            .map(str::to_owned);
+        let password = fields.check("password", password, password_message);
+        fields.finish(email.zip(password))
     }
 }
 
@@ -133,11 +122,9 @@ async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) ->
         email,
         password: state.hasher.hash(password).await?,
     };
-    match state.users.insert(&user).await {
-        Ok(()) => {}
+    if !state.users.insert(&user).await? {
         // Lost a race with a concurrent sign-up for the same address.
-        Err(InsertError::EmailTaken) => return Err(Error::bad_request("Email in use")),
-        Err(InsertError::Database(e)) => return Err(e.into()),
+        return Err(Error::bad_request("Email in use"));
     }
     tracing::info!(user_id = %user.id, "user signed up");
     signed_in(&state.sessions, StatusCode::CREATED, &user)
@@ -213,12 +200,13 @@ async fn signin(
     tag = "users",
     responses(
         (status = 200, description = "Signed out", body = Empty,
-            headers(("set-cookie" = String, description = "The `session` cookie, empty and expired"))),
+            headers(("set-cookie" = String, description = "The session cookie, empty and expired under both names (`session`, `express:sess`)"))),
     ),
 )]
 async fn signout(State(state): State<AppState>) -> Response {
+    let [ours, original] = state.sessions.clear_cookies();
     (
-        [(header::SET_COOKIE, state.sessions.clear_cookie())],
+        AppendHeaders([(header::SET_COOKIE, ours), (header::SET_COOKIE, original)]),
         Json(Empty {}),
     )
         .into_response()

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use async_trait::async_trait;
 use common::bus::{Delivery, Handled, Listener};
 use common::events::OrderCreated;
 use tokio::sync::Notify;
@@ -30,7 +29,6 @@ impl ScheduleExpiration {
     }
 }
 
-#[async_trait]
 impl Listener for ScheduleExpiration {
     type Event = OrderCreated;
 

@@ -31,6 +31,7 @@ use common::{
     events::OrderStatus,
     openapi,
     session::AuthUser,
+    validate::Fields,
 };
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -70,28 +71,18 @@ impl NewPayment {
     /// The order id and the card token if one was given, or one error per
     /// bad field.
     fn validate(self) -> Result<(Option<String>, ObjectId)> {
-        let token = match &self.token {
+        let mut fields = Fields::default();
+        let token = fields.take(match &self.token {
             Value::Null => Ok(None),
             Value::String(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_owned())),
             _ => Err(ErrorItem::field("token", "Token must be provided")),
-        };
+        });
         let order_id = self
             .order_id
             .as_str()
             .and_then(|id| ObjectId::parse_str(id.trim()).ok());
-        match (token, order_id) {
-            (Ok(token), Some(order_id)) => Ok((token, order_id)),
-            (token, order_id) => {
-                let mut errors = Vec::new();
-                if let Err(item) = token {
-                    errors.push(item);
-                }
-                if order_id.is_none() {
-                    errors.push(ErrorItem::field("orderId", "OrderId must be provided"));
-                }
-                Err(Error::Validation(errors))
-            }
-        }
+        let order_id = fields.check("orderId", order_id, "OrderId must be provided");
+        fields.finish(token.zip(order_id))
     }
 }
 
@@ -232,9 +223,16 @@ async fn ensure_intent(state: &AppState, order: &Order) -> Result<(Payment, bool
         .attach_intent(payment.id, &intent.id, intent.client_secret.as_deref())
         .await?;
     if payment.status != PaymentStatus::Pending {
-        // The order was cancelled while Stripe answered: close what we opened.
-        state.settle.close(&payment).await?;
-        return Err(Error::bad_request(CANCELLED));
+        if stored {
+            // The order was cancelled while Stripe answered and this call
+            // attached the intent to the closed payment: close the intent.
+            state.settle.close(&payment).await?;
+        }
+        // Otherwise a concurrent request got there first: paid (never refund
+        // it here) or closed by its own cancel.
+        return Err(check_payable(&payment)
+            .err()
+            .unwrap_or_else(|| Error::bad_request(CANCELLED)));
     }
     Ok((payment, stored))
 }

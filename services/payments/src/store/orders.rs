@@ -6,7 +6,7 @@
 //! with the version rule of DESIGN §4, so redelivered and out-of-order events
 //! are harmless.
 
-use common::{events::OrderStatus, money::Money};
+use common::{events::OrderStatus, money::Money, mongo::DuplicateKey as _};
 use mongodb::{
     Collection, Database,
     bson::{doc, oid::ObjectId},
@@ -35,18 +35,8 @@ pub struct Order {
     pub declined_attempts: i64,
 }
 
-impl Order {}
-
-/// What a versioned update did (DESIGN §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionedUpdate {
-    /// The replica was at `version − 1` and is now at `version`.
-    Applied,
-    /// The replica is already at `version` or later: a redelivery.
-    Duplicate,
-    /// The replica is missing or behind: an earlier event has not arrived yet.
-    Early,
-}
+/// What a versioned update did (DESIGN §4), shared with every replica.
+pub use common::replica::VersionedUpdate;
 
 /// The order replica and its queries.
 #[derive(Clone, Debug)]
@@ -68,11 +58,12 @@ impl Orders {
     /// Inserts a new order; `false` if it is already there (a redelivered
     /// `order.created`), which is left as it is.
     pub async fn insert(&self, order: &Order) -> mongodb::error::Result<bool> {
-        match self.orders.insert_one(order).await {
-            Ok(_) => Ok(true),
-            Err(err) if common::mongo::is_duplicate_key(&err) => Ok(false),
-            Err(err) => Err(err),
-        }
+        Ok(self
+            .orders
+            .insert_one(order)
+            .await
+            .unless_duplicate()?
+            .is_some())
     }
 
     /// Records that Stripe declined the attempt `order` was read at, so the
@@ -95,20 +86,7 @@ impl Orders {
         id: ObjectId,
         version: i64,
     ) -> mongodb::error::Result<VersionedUpdate> {
-        let result = self
-            .orders
-            .update_one(
-                doc! { "_id": id, "version": version - 1 },
-                doc! { "$set": { "status": OrderStatus::Cancelled.as_str(), "version": version } },
-            )
-            .await?;
-        if result.matched_count == 1 {
-            return Ok(VersionedUpdate::Applied);
-        }
-        Ok(match self.find(id).await? {
-            Some(order) if order.version >= version => VersionedUpdate::Duplicate,
-            // Missing, or behind: versions only grow, so waiting helps.
-            _ => VersionedUpdate::Early,
-        })
+        let set = doc! { "status": OrderStatus::Cancelled.as_str() };
+        common::replica::apply(&self.orders, id, version, set).await
     }
 }

@@ -27,7 +27,13 @@
 //! [`Relay`]: common::outbox::Relay
 
 use anyhow::Context as _;
-use common::{events::PaymentCreated, money::Money, outbox};
+use common::{
+    events::PaymentCreated,
+    money::Money,
+    mongo::DuplicateKey as _,
+    outbox::Outbox,
+    owned::{Change, Owned, Record},
+};
 use futures::TryStreamExt as _;
 use mongodb::{
     Collection, Database, IndexModel,
@@ -107,6 +113,14 @@ pub struct Payment {
     pub refund_id: Option<String>,
 }
 
+impl Record for Payment {
+    const KIND: &'static str = "payment";
+
+    fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
 impl Payment {
     /// A new pending payment of `order_id`.
     pub fn new(order_id: ObjectId, user_id: &str, amount: Money) -> Self {
@@ -133,24 +147,31 @@ impl Payment {
     }
 }
 
+/// The collection's name (the outbox relay reads it too).
+pub const COLLECTION: &str = "payments";
+
 /// The payments collection, the handled Stripe events, and their queries.
 #[derive(Clone, Debug)]
 pub struct Payments {
     payments: Collection<Payment>,
     events: Collection<Document>,
+    /// The same collection, for the write that announces a payment.
+    owned: Owned<Payment>,
 }
 
 impl Payments {
-    pub fn new(db: &Database) -> Self {
+    /// `outbox` is woken after every write that leaves an event behind.
+    pub fn new(db: &Database, outbox: Outbox) -> Self {
         Self {
-            payments: db.collection("payments"),
+            payments: db.collection(COLLECTION),
             events: db.collection("stripe_events"),
+            owned: Owned::new(db.collection(COLLECTION), outbox),
         }
     }
 
-    /// The collection as raw documents, for the outbox relay.
-    pub fn outbox_collection(&self) -> Collection<Document> {
-        self.payments.clone_with_type()
+    /// The collection untyped, for the outbox relay.
+    pub fn raw_collection(db: &Database) -> Collection<Document> {
+        db.collection(COLLECTION)
     }
 
     /// Creates the unique index on `orderId` and the index on the intent
@@ -201,17 +222,14 @@ impl Payments {
                 )
                 .upsert(true)
                 .return_document(ReturnDocument::After)
-                .await;
-            match result {
-                Ok(Some(payment)) => {
-                    let inserted = payment.id == fresh.id;
-                    return Ok((payment, inserted));
-                }
-                Ok(None) => {}
+                .await
                 // Two upserts raced and the index refused the second: the
                 // first one's document is there now.
-                Err(err) if common::mongo::is_duplicate_key(&err) => {}
-                Err(err) => return Err(anyhow::Error::new(err).context("failed to open a payment")),
+                .unless_duplicate()
+                .context("failed to open a payment")?;
+            if let Some(payment) = result.flatten() {
+                let inserted = payment.id == fresh.id;
+                return Ok((payment, inserted));
             }
         }
         self.find_by_order(fresh.order_id)
@@ -251,23 +269,20 @@ impl Payments {
     }
 
     /// `pending` → `succeeded` with `payment.created` in the outbox, in one
-    /// write; `None` if the payment was not pending (a duplicate, or it was
-    /// cancelled meanwhile).
+    /// write, and the relay woken; `None` if the payment was not pending (a
+    /// duplicate, or it was cancelled meanwhile).
     pub async fn mark_succeeded(
         &self,
         payment: &Payment,
         intent_id: &str,
     ) -> anyhow::Result<Option<Payment>> {
-        let event = outbox::push(&payment.created_event(intent_id))?;
-        self.payments
-            .find_one_and_update(
-                doc! { "_id": payment.id, "status": PaymentStatus::Pending },
-                doc! {
-                    "$set": { "status": PaymentStatus::Succeeded, "paymentIntentId": intent_id, "lastError": Bson::Null },
-                    "$push": event,
-                },
-            )
-            .return_document(ReturnDocument::After)
+        let change = Change::bookkeeping(doc! {
+            "$set": { "status": PaymentStatus::Succeeded, "paymentIntentId": intent_id, "lastError": Bson::Null },
+        })
+        .with_event(&payment.created_event(intent_id))?
+        .only_if(doc! { "status": PaymentStatus::Pending });
+        self.owned
+            .update(payment.id, change)
             .await
             .context("failed to record a successful payment")
     }
@@ -345,14 +360,12 @@ impl Payments {
     /// Records the Stripe event `id` as handled (a repeat is fine).
     pub async fn remember_event(&self, id: &str, kind: &str) -> anyhow::Result<()> {
         let now = bson::DateTime::now();
-        match self
-            .events
+        // Already recorded (a replay): nothing more to remember.
+        self.events
             .insert_one(doc! { "_id": id, "type": kind, "handledAt": now })
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) if common::mongo::is_duplicate_key(&err) => Ok(()),
-            Err(err) => Err(anyhow::Error::new(err).context("failed to record a Stripe event")),
-        }
+            .unless_duplicate()
+            .context("failed to record a Stripe event")?;
+        Ok(())
     }
 }

@@ -231,16 +231,16 @@ pub fn order_created_event(
     user_id: &str,
     price: Money,
 ) -> OrderCreated {
+    let fresh = testkit::order_created();
     OrderCreated {
         id: id.to_hex(),
         version,
-        status: OrderStatus::Created,
         user_id: user_id.to_owned(),
-        expires_at: Utc::now() + chrono::Duration::minutes(15),
         ticket: OrderTicket {
-            id: ObjectId::new().to_hex(),
             price,
+            ..fresh.ticket
         },
+        ..fresh
     }
 }
 
@@ -316,12 +316,49 @@ impl StripeAccount {
         .await
     }
 
+    /// Holds back the account's next `POST <path>` for `seconds` before the
+    /// fake carries it out (`/_fake/hold` with `when=before`).
+    pub async fn hold_before(&self, path: &str, seconds: u32) {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "{}/_fake/hold",
+                stripe_api_base().trim_end_matches('/')
+            ))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded_pairs(&[
+                ("method", "POST"),
+                ("path", path),
+                ("seconds", &seconds.to_string()),
+                ("when", "before"),
+            ]))
+            .send()
+            .await
+            .expect("the Stripe fake did not answer");
+        assert!(
+            response.status().is_success(),
+            "hold: {}",
+            response.status()
+        );
+    }
+
     /// Every intent of the account for `order_id` (by `metadata[orderId]`).
     pub async fn intents_for(&self, order_id: ObjectId) -> Vec<Value> {
         self.list("payment_intents", |o| {
             o["metadata"]["orderId"] == order_id.to_hex()
         })
         .await
+    }
+
+    /// Asserts that the account holds exactly one intent for `order_id`,
+    /// succeeded and never refunded; returns its id.
+    pub async fn assert_paid_once_without_refund(&self, order_id: ObjectId) -> String {
+        let intents = self.intents_for(order_id).await;
+        assert_eq!(intents.len(), 1, "{intents:?}");
+        assert_eq!(intents[0]["status"], "succeeded");
+        let intent_id = intents[0]["id"].as_str().unwrap().to_owned();
+        assert_eq!(self.refunds_of(&intent_id).await, Vec::<Value>::new());
+        intent_id
     }
 
     /// Every refund of the account of `intent_id`.
