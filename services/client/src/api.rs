@@ -113,7 +113,9 @@ impl Visitor {
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .any(|(name, value)| name == common::session::COOKIE_NAME && !value.trim().is_empty())
+            .any(|(name, value)| {
+                common::session::is_session_cookie(name) && !value.trim().is_empty()
+            })
     }
 }
 
@@ -148,12 +150,88 @@ pub struct Ticket {
     pub user_id: String,
     #[serde(default)]
     pub order_id: Option<String>,
+    /// The price printed on the ticket, if the seller gave it.
+    #[serde(default)]
+    pub face_value: Option<Money>,
+    /// `available`, `reserved` or `sold`: only in the seller's own list.
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 impl Ticket {
     pub fn is_reserved(&self) -> bool {
         self.order_id.is_some()
     }
+
+    /// Its status in the seller's own list (`available` if not given).
+    pub fn status(&self) -> &str {
+        self.status.as_deref().unwrap_or("available")
+    }
+
+    /// Whether its seller may withdraw it now.
+    pub fn can_withdraw(&self) -> bool {
+        self.status() == "available" && !self.is_reserved()
+    }
+}
+
+/// What `GET /api/tickets` is asked: the landing page's search and filters
+/// as the visitor typed them (the API checks them), and the page's cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TicketQuery {
+    pub q: String,
+    pub min_price: String,
+    pub max_price: String,
+    pub sort: String,
+    pub cursor: String,
+}
+
+impl TicketQuery {
+    /// Whether a search or a filter is set (the empty state says so).
+    pub fn is_filtered(&self) -> bool {
+        [&self.q, &self.min_price, &self.max_price]
+            .iter()
+            .any(|v| !v.trim().is_empty())
+    }
+
+    /// `name=value&…` of the non-empty parameters (without the cursor).
+    pub fn filters(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("q", self.q.trim()),
+            ("minPrice", self.min_price.trim()),
+            ("maxPrice", self.max_price.trim()),
+            ("sort", self.sort.trim()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+    }
+}
+
+/// One page of tickets, and the cursor of the next one.
+#[derive(Debug, Clone, Default)]
+pub struct TicketPage {
+    pub tickets: Vec<Ticket>,
+    pub next: Option<String>,
+}
+
+/// The `cursor` of a `Link: <…?…&cursor=…>; rel="next"` header.
+fn next_cursor(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(header::LINK)?.to_str().ok()?;
+    let (target, params) = link.split_once(';')?;
+    if !params.contains("rel=\"next\"") {
+        return None;
+    }
+    let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+    let (_, query) = target.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("cursor="))
+        .filter(|c| {
+            c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
 }
 
 /// The ticket embedded in an order.
@@ -164,32 +242,17 @@ pub struct OrderTicket {
     pub price: Money,
 }
 
-/// DESIGN §1: the four states of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum OrderStatus {
-    #[serde(rename = "created")]
-    Created,
-    #[serde(rename = "awaiting:payment")]
-    AwaitingPayment,
-    #[serde(rename = "cancelled")]
-    Cancelled,
-    #[serde(rename = "complete")]
-    Complete,
+/// DESIGN §1: the four states of an order, as the fleet defines them.
+pub use common::events::OrderStatus;
+
+/// How a page shows an order's status.
+pub trait StatusBadge {
+    /// The CSS class of its badge (`awaiting:payment` → `awaiting-payment`).
+    fn css_class(self) -> &'static str;
 }
 
-impl OrderStatus {
-    /// The wire name, which is also what "My orders" shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::AwaitingPayment => "awaiting:payment",
-            Self::Cancelled => "cancelled",
-            Self::Complete => "complete",
-        }
-    }
-
-    /// The CSS class of its badge (`awaiting:payment` → `awaiting-payment`).
-    pub fn css_class(self) -> &'static str {
+impl StatusBadge for OrderStatus {
+    fn css_class(self) -> &'static str {
         match self {
             Self::AwaitingPayment => "awaiting-payment",
             other => other.as_str(),
@@ -205,6 +268,10 @@ pub struct Order {
     pub status: OrderStatus,
     pub expires_at: DateTime<Utc>,
     pub ticket: OrderTicket,
+    /// Why it was cancelled, when the buyer and the clock did not do it
+    /// (the seller withdrew the ticket).
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
 }
 
 /// An order's payment (`GET`/`POST /api/payments`).
@@ -394,6 +461,60 @@ impl ApiClient {
         self.get(visitor, "/api/tickets").await
     }
 
+    /// One page of the tickets for sale, searched and filtered as `query`
+    /// says; `limit` per page.
+    pub async fn ticket_page(
+        &self,
+        visitor: &Visitor,
+        query: &TicketQuery,
+        limit: u32,
+    ) -> ApiResult<TicketPage> {
+        let mut params: Vec<String> = query
+            .filters()
+            .into_iter()
+            .map(|(name, value)| format!("{name}={}", crate::pages::percent_encode(value)))
+            .collect();
+        params.push(format!("limit={limit}"));
+        if !query.cursor.is_empty() {
+            params.push(format!(
+                "cursor={}",
+                crate::pages::percent_encode(&query.cursor)
+            ));
+        }
+        self.page(visitor, &format!("/api/tickets?{}", params.join("&")))
+            .await
+    }
+
+    /// One page of the visitor's own listings, with their status.
+    pub async fn my_tickets(
+        &self,
+        visitor: &Visitor,
+        cursor: &str,
+        limit: u32,
+    ) -> ApiResult<TicketPage> {
+        let mut path = format!("/api/tickets?mine=true&limit={limit}");
+        if !cursor.is_empty() {
+            path.push_str(&format!("&cursor={}", crate::pages::percent_encode(cursor)));
+        }
+        self.page(visitor, &path).await
+    }
+
+    async fn page(&self, visitor: &Visitor, path: &str) -> ApiResult<TicketPage> {
+        let response = self.send(visitor, Method::GET, path, None).await?;
+        let next = next_cursor(response.headers());
+        Ok(TicketPage {
+            tickets: read(response, path).await?,
+            next,
+        })
+    }
+
+    /// Withdraws one of the visitor's tickets.
+    pub async fn withdraw_ticket(&self, visitor: &Visitor, id: &ObjectId) -> ApiResult<()> {
+        self.send(visitor, Method::DELETE, &format!("/api/tickets/{id}"), None)
+            .await?;
+        Ok(())
+    }
+
     pub async fn ticket(&self, visitor: &Visitor, id: &ObjectId) -> ApiResult<Ticket> {
         self.get(visitor, &format!("/api/tickets/{id}")).await
     }
@@ -404,8 +525,9 @@ impl ApiClient {
         visitor: &Visitor,
         title: &str,
         price: &str,
+        face_value: &str,
     ) -> ApiResult<Ticket> {
-        let body = json!({"title": title, "price": price_json(price)});
+        let body = ticket_body(title, price, face_value);
         read(
             self.send(visitor, Method::POST, "/api/tickets", Some(body))
                 .await?,
@@ -420,9 +542,10 @@ impl ApiClient {
         id: &ObjectId,
         title: &str,
         price: &str,
+        face_value: &str,
     ) -> ApiResult<Ticket> {
         let path = format!("/api/tickets/{id}");
-        let body = json!({"title": title, "price": price_json(price)});
+        let body = ticket_body(title, price, face_value);
         read(
             self.send(visitor, Method::PUT, &path, Some(body)).await?,
             &path,
@@ -522,6 +645,15 @@ fn price_json(input: &str) -> Value {
         }
         Err(_) => Value::String(input.to_owned()),
     }
+}
+
+/// `{title, price, faceValue?}`: the face value only when one was typed.
+fn ticket_body(title: &str, price: &str, face_value: &str) -> Value {
+    let mut body = json!({"title": title, "price": price_json(price)});
+    if !face_value.trim().is_empty() {
+        body["faceValue"] = price_json(face_value);
+    }
+    body
 }
 
 fn truncate(text: &str, max: usize) -> &str {

@@ -22,16 +22,14 @@ pub mod assets;
 pub mod pages;
 pub mod routes;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{Router, middleware};
 use common::{
     config::{ConfigError, Env},
     health::{self, Ready},
-    server,
+    server::{self, Service},
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Stripe's own Stripe.js.
 pub const DEFAULT_STRIPE_JS_URL: &str = "https://js.stripe.com/v3/";
@@ -141,39 +139,13 @@ pub fn app(state: AppState) -> Router {
     )
 }
 
-/// A built client, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-}
+/// Builds the client: [`Application::build`].
+pub struct Application;
 
 impl Application {
     /// Binds the port (`0` picks a free one); the API is not called yet.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let state = AppState::new(&settings)?;
-        let listener = TcpListener::bind(("0.0.0.0", settings.port)).await?;
-        Ok(Self {
-            listener,
-            router: settings.limits.apply(app(state)),
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
-    }
-
-    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(port = self.port(), "client listening");
-        server::serve(
-            self.listener,
-            self.router,
-            shutdown,
-            Duration::from_secs(20),
-        )
-        .await
+        Service::bind("client", settings.port, settings.limits.apply(app(state))).await
     }
 }

@@ -401,6 +401,7 @@ impl Notice {
         Some(match key {
             "listed" => "Your ticket is listed for sale.",
             "updated" => "Your ticket was updated.",
+            "withdrawn" => "Your ticket was withdrawn from sale.",
             "paid" => "Payment received. Enjoy the event!",
             "cancelled" => "Your order was cancelled.",
             "signed-out" => "You are signed out.",

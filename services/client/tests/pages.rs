@@ -222,6 +222,21 @@ async fn anonymous_visitors_are_sent_to_sign_in_and_back() {
 }
 
 #[tokio::test]
+async fn a_session_cookie_forged_like_the_originals_tests_is_asked_about() {
+    let api = FakeApi::start(Router::new()).await;
+    let app = spawn_client(&api.base_url).await;
+    let cookie = testkit::signin_like_the_original();
+    let reply = app.get("/orders", Some(&cookie)).await;
+    assert_ne!(reply.status, 303, "treated as anonymous: {}", reply.text);
+    assert_eq!(
+        api.requests_to("/api/users/currentuser")[0]
+            .cookie
+            .as_deref(),
+        Some(cookie.as_str())
+    );
+}
+
+#[tokio::test]
 async fn a_session_the_api_does_not_accept_is_sent_to_sign_in() {
     let routes = Router::new().route(
         "/api/users/currentuser",
@@ -1194,6 +1209,26 @@ async fn with_a_stripe_js_elsewhere_the_csp_allows_exactly_that_origin() {
 }
 
 #[tokio::test]
+async fn back_from_stripe_on_an_order_cancelled_meanwhile_the_page_waits_for_the_money() {
+    // The intent's fate is not known yet: processing, refreshing itself.
+    let pending = json!({"id": "x", "orderId": ORDER_ID, "status": "pending", "amount": 1250, "paymentIntentId": "pi_1"});
+    let page = order_page_with_payment("cancelled", pending, None).await;
+    page.assert_status(200);
+    assert!(page.text.contains("Processing…"), "{}", page.text);
+    assert!(page.text.contains("refunded in full"), "{}", page.text);
+    assert!(
+        page.text
+            .contains("<meta http-equiv=\"refresh\" content=\"2\">")
+    );
+    // The intent was closed before it could be paid: the order is just over.
+    let closed = json!({"id": "x", "orderId": ORDER_ID, "status": "cancelled", "amount": 1250, "paymentIntentId": "pi_1"});
+    let page = order_page_with_payment("cancelled", closed, None).await;
+    assert!(!page.text.contains("Processing…"), "{}", page.text);
+    assert!(page.text.contains("Order expired"), "{}", page.text);
+    assert!(!page.text.contains("http-equiv=\"refresh\""));
+}
+
+#[tokio::test]
 async fn money_refunded_for_a_cancelled_order_shows_refunded() {
     let payment = json!({"id": "x", "orderId": ORDER_ID, "status": "refunded", "amount": 1250, "paymentIntentId": "pi_1"});
     let page = order_page_with_payment("cancelled", payment, None).await;
@@ -1201,4 +1236,264 @@ async fn money_refunded_for_a_cancelled_order_shows_refunded() {
     assert!(page.text.contains("<h2>Refunded</h2>"), "{}", page.text);
     assert!(page.text.contains("refunded in full"));
     assert!(!page.text.contains("http-equiv=\"refresh\""));
+}
+
+// --- search, pages, my listings (issue 15) ----------------------------------------
+
+#[tokio::test]
+async fn the_landing_page_passes_the_search_on_and_links_the_next_and_previous_pages() {
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let routes = {
+        let asked = asked.clone();
+        Router::new().route(
+            "/api/tickets",
+            get(
+                move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                    let asked = asked.clone();
+                    async move {
+                        asked.lock().unwrap().push(query.unwrap_or_default());
+                        (
+                            [(
+                                header::LINK,
+                                "</api/tickets?limit=24&cursor=bi4xLmFi>; rel=\"next\"",
+                            )],
+                            Json(json!([ticket(OTHER_USER_ID, None)])),
+                        )
+                    }
+                },
+            ),
+        )
+    };
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+
+    let page = app
+        .get(
+            "/?q=caf%C3%A9+live&maxPrice=30&sort=price&cursor=abc&trail=-",
+            None,
+        )
+        .await;
+    page.assert_status(200);
+    let sent = asked.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        sent,
+        "q=caf%C3%A9%20live&maxPrice=30&sort=price&limit=24&cursor=abc"
+    );
+    for expected in [
+        "value=\"café live\"",
+        "cursor=bi4xLmFi&trail=-,abc",
+        "q=caf%C3%A9%20live&maxPrice=30&sort=price&cursor=&trail=\"",
+        "rel=\"next\"",
+        "rel=\"prev\"",
+    ] {
+        assert!(
+            page.text.replace("&#38;", "&").contains(expected),
+            "missing {expected}:\n{}",
+            page.text
+        );
+    }
+    // A cursor that is not one is the 404 page, without asking the API.
+    let before = asked.lock().unwrap().len();
+    app.get("/?cursor=%3Cscript%3E", None)
+        .await
+        .assert_status(404);
+    assert_eq!(asked.lock().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn a_search_the_api_refuses_shows_the_message_by_its_field() {
+    let routes = Router::new().route(
+        "/api/tickets",
+        get(|| async {
+            errors(json!([{"message": "maxPrice must not be below minPrice", "field": "maxPrice"}]))
+        }),
+    );
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+
+    let page = app.get("/?minPrice=20&maxPrice=10", None).await;
+    page.assert_status(400);
+    assert_eq!(
+        text_of(&page.text, "maxPrice-error"),
+        "maxPrice must not be below minPrice"
+    );
+    assert!(page.text.contains("value=\"20\""), "the input is kept");
+}
+
+#[tokio::test]
+async fn an_empty_search_says_nothing_matches() {
+    let routes = Router::new().route("/api/tickets", get(|| async { Json(json!([])) }));
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+    let page = app.get("/?q=nothing", None).await;
+    page.assert_status(200);
+    assert!(
+        page.text.contains("No tickets match your search"),
+        "{}",
+        page.text
+    );
+    let page = app.get("/", None).await;
+    assert!(
+        page.text.contains("No tickets for sale right now"),
+        "{}",
+        page.text
+    );
+}
+
+#[tokio::test]
+async fn my_listings_show_each_status_and_withdraw_only_what_is_available() {
+    let routes = Router::new().route(
+        "/api/tickets",
+        get(
+            |axum::extract::RawQuery(query): axum::extract::RawQuery| async move {
+                assert!(query.unwrap_or_default().starts_with("mine=true"));
+                let mut available = ticket(USER_ID, None);
+                available["status"] = json!("available");
+                let mut sold = ticket(USER_ID, Some(ORDER_ID));
+                sold["id"] = json!("5f8d0d55b54764421b7156ca");
+                sold["title"] = json!("Sold one");
+                sold["status"] = json!("sold");
+                Json(json!([available, sold]))
+            },
+        ),
+    );
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+
+    let page = app.get("/tickets/mine", Some(COOKIE)).await;
+    page.assert_status(200);
+    assert!(
+        page.text.contains(">available<") && page.text.contains(">sold<"),
+        "{}",
+        page.text
+    );
+    assert_eq!(page.text.matches("/withdraw\"").count(), 1, "{}", page.text);
+    assert!(
+        page.text
+            .contains(&format!("action=\"/tickets/{TICKET_ID}/withdraw\""))
+    );
+
+    let anonymous = app.get("/tickets/mine", None).await;
+    anonymous.assert_status(303);
+}
+
+#[tokio::test]
+async fn withdrawing_deletes_the_ticket_and_goes_back_to_my_listings() {
+    let routes = Router::new().route(
+        &format!("/api/tickets/{TICKET_ID}"),
+        axum::routing::delete(|| async { StatusCode::NO_CONTENT }),
+    );
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+
+    let reply = post_form(
+        &app,
+        &format!("/tickets/{TICKET_ID}/withdraw"),
+        Some(COOKIE),
+        &[],
+    )
+    .await;
+    reply.assert_status(303);
+    assert_eq!(location(&reply), "/tickets/mine?notice=withdrawn");
+    let sent = api.requests_to(&format!("/api/tickets/{TICKET_ID}"));
+    assert_eq!(
+        (sent[0].method.as_str(), sent[0].cookie.as_deref()),
+        ("DELETE", Some(COOKIE))
+    );
+}
+
+#[tokio::test]
+async fn a_refused_withdrawal_is_shown_on_my_listings() {
+    let routes = Router::new()
+        .route(
+            &format!("/api/tickets/{TICKET_ID}"),
+            axum::routing::delete(|| async {
+                errors(json!([{"message": "Cannot withdraw a reserved ticket"}]))
+            }),
+        )
+        .route(
+            "/api/tickets",
+            get(|| async { Json(json!([ticket(USER_ID, Some(ORDER_ID))])) }),
+        );
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+
+    let reply = post_form(
+        &app,
+        &format!("/tickets/{TICKET_ID}/withdraw"),
+        Some(COOKIE),
+        &[],
+    )
+    .await;
+    reply.assert_status(422);
+    assert!(
+        reply.text.contains("Cannot withdraw a reserved ticket"),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test]
+async fn selling_sends_the_face_value_only_when_given_and_the_ticket_page_shows_it() {
+    let routes = Router::new()
+        .route(
+            "/api/tickets",
+            post(|| async { (StatusCode::CREATED, Json(ticket(USER_ID, None))) }),
+        )
+        .route(
+            &format!("/api/tickets/{TICKET_ID}"),
+            get(|| async {
+                let mut t = ticket(OTHER_USER_ID, None);
+                t["faceValue"] = json!(10);
+                Json(t)
+            }),
+        );
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+
+    for (face, expected) in [
+        ("", json!({"title": "Gig", "price": 12})),
+        (
+            "10.5",
+            json!({"title": "Gig", "price": 12, "faceValue": 10.5}),
+        ),
+    ] {
+        let reply = post_form(
+            &app,
+            "/tickets/new",
+            Some(COOKIE),
+            &[("title", "Gig"), ("price", "12"), ("faceValue", face)],
+        )
+        .await;
+        reply.assert_status(303);
+        assert_eq!(
+            api.requests_to("/api/tickets").last().unwrap().body,
+            expected
+        );
+    }
+    let page = app.get(&format!("/tickets/{TICKET_ID}"), None).await;
+    assert!(page.text.contains("Face value: $10.00"), "{}", page.text);
+}
+
+#[tokio::test]
+async fn an_order_cancelled_because_its_ticket_was_withdrawn_says_so() {
+    let routes = Router::new()
+        .route(
+            &format!("/api/orders/{ORDER_ID}"),
+            get(|| async {
+                let mut o = order("cancelled", 600);
+                o["cancelReason"] = json!("The seller withdrew this ticket");
+                Json(o)
+            }),
+        )
+        .route("/api/payments", get(|| async { Json(json!([])) }));
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+    let page = app.get(&format!("/orders/{ORDER_ID}"), Some(COOKIE)).await;
+    page.assert_status(200);
+    assert!(
+        page.text.contains("The seller withdrew this ticket"),
+        "{}",
+        page.text
+    );
 }

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use super::{PageId, current_user, form_errors, not_yours, require};
 use crate::{
     AppState,
-    api::{ObjectId, Order, OrderStatus, Payment, User, Visitor},
+    api::{ObjectId, Order, OrderStatus, Payment, StatusBadge as _, User, Visitor},
     pages::{FormErrors, Layout, Notice, PageError, PageForm, render, see_other},
 };
 
@@ -127,6 +127,16 @@ impl OrderPage {
                 || (self.returned && self.payment_status() == "pending"))
     }
 
+    /// Back from Stripe.js, but the order was cancelled meanwhile (in another
+    /// tab, or the window ran out during 3-D Secure) and payments has not yet
+    /// learnt what became of the money: it ends `refunded` if it went
+    /// through, `cancelled` if it did not.
+    fn is_checking(&self) -> bool {
+        matches!(self.phase, Phase::Expired | Phase::Cancelled)
+            && self.returned
+            && self.payment_status() == "pending"
+    }
+
     /// Money that arrived for the cancelled order, given back (or on its way
     /// back: `succeeded` on a cancelled order is refunded at once).
     fn is_refunded(&self) -> bool {
@@ -147,10 +157,12 @@ impl OrderPage {
         self.is_open() && !self.is_processing() && self.client_secret().is_some()
     }
 
-    /// Refresh by itself: while processing, while a refund is on its way, and
+    /// Refresh by itself: while processing, while the money of a cancelled
+    /// order is being checked, while a refund is on its way, and
     /// while payments has not got the order yet.
     fn refreshes(&self) -> bool {
         self.is_processing()
+            || self.is_checking()
             || (self.is_refunded() && !self.refund_done())
             || (self.is_open() && self.stripe_key.is_some() && self.client_secret().is_none())
     }
@@ -216,10 +228,7 @@ async fn payment_for(
     order: &Order,
     id: &ObjectId,
 ) -> Option<Payment> {
-    let open = matches!(
-        order.status,
-        OrderStatus::Created | OrderStatus::AwaitingPayment
-    ) && order.expires_at > Utc::now();
+    let open = order.status.is_open() && order.expires_at > Utc::now();
     let found = if open && state.stripe_publishable_key.is_some() {
         match state.api.open_payment(visitor, id).await {
             Ok(payment) => Ok(Some(payment)),

@@ -1,5 +1,11 @@
-//! Tickets: the list for sale (the landing page), selling, a ticket's page
-//! with Purchase, and editing one's own ticket while it is not reserved.
+//! Tickets: the list for sale (the landing page, with search, filters and
+//! pages), selling, a ticket's page with Purchase, editing one's own ticket
+//! while it is not reserved, and "My listings" with Withdraw.
+//!
+//! Pages without JavaScript: the search is a GET form, and the API's
+//! keyset cursor goes into the page's URL. The API only pages forward, so
+//! the URL also carries the cursors of the pages before (`trail`, one per
+//! page, `-` for the first): "Previous" pops the last one.
 //!
 //! Purchase posts to `/tickets/{id}/purchase`, which creates the order
 //! (`POST /api/orders`) and goes to the order's page; a refusal such as
@@ -8,7 +14,7 @@
 use askama::Template;
 use axum::{
     Router,
-    extract::State,
+    extract::{Query, State},
     http::StatusCode,
     response::Response,
     routing::{get, post},
@@ -19,7 +25,7 @@ use serde::Deserialize;
 use super::{PageId, current_user, form_errors, not_yours, require};
 use crate::{
     AppState,
-    api::{Ticket, User, Visitor},
+    api::{self, ApiError, Ticket, TicketQuery, User, Visitor},
     pages::{FormErrors, Layout, Notice, PageError, PageForm, render, see_other},
 };
 
@@ -27,13 +33,22 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/tickets/new", get(new_page).post(create))
+        .route("/tickets/mine", get(mine))
+        .route("/tickets/{id}/withdraw", post(withdraw))
         .route("/tickets/{id}", get(show))
         .route("/tickets/{id}/purchase", post(purchase))
         .route("/tickets/{id}/edit", get(edit_page).post(update))
 }
 
-const FIELDS: &[&str] = &["title", "price"];
+const FIELDS: &[&str] = &["title", "price", "faceValue"];
+/// The filters the landing page shows each error beside.
+const FILTER_FIELDS: &[&str] = &["q", "minPrice", "maxPrice", "sort"];
+/// Tickets per page on the landing page and in "My listings".
+const PAGE_SIZE: u32 = 24;
+/// At most this many earlier pages are remembered for "Previous".
+const MAX_TRAIL: usize = 50;
 const NOT_YOUR_TICKET: &str = "Only the seller of a ticket can edit it.";
+const NOT_YOUR_TICKET_TO_WITHDRAW: &str = "Only the seller of a ticket can withdraw it.";
 
 #[derive(Template)]
 #[template(path = "tickets/index.html")]
@@ -42,6 +57,87 @@ struct IndexPage {
     tickets: Vec<Ticket>,
     /// The tickets could not be loaded.
     unavailable: bool,
+    /// The search and filters, as typed.
+    query: TicketQuery,
+    /// The API refused them.
+    errors: FormErrors,
+    /// Links to the next and the previous page.
+    next: Option<String>,
+    previous: Option<String>,
+}
+
+impl IndexPage {
+    fn sort_is(&self, value: &str) -> bool {
+        self.query.sort == value || (value == "newest" && self.query.sort.is_empty())
+    }
+}
+
+/// `/tickets/mine`: the signed-in seller's tickets with their status.
+#[derive(Template)]
+#[template(path = "tickets/mine.html")]
+struct MinePage {
+    layout: Layout,
+    tickets: Vec<Ticket>,
+    errors: FormErrors,
+    next: Option<String>,
+    previous: Option<String>,
+}
+
+/// Where a paged list is: the cursor of this page and those before it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Paging {
+    cursor: String,
+    trail: String,
+}
+
+impl Paging {
+    /// The cursors of the pages before this one (`""` for the first page).
+    fn before(&self) -> Vec<&str> {
+        self.trail
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(|c| if c == "-" { "" } else { c })
+            .collect()
+    }
+
+    /// `cursor=…&trail=…` of the page after this one, starting at `next`.
+    fn next(&self, next: &str) -> String {
+        let mut trail: Vec<&str> = self.before();
+        trail.push(&self.cursor);
+        let skip = trail.len().saturating_sub(MAX_TRAIL);
+        format!("cursor={next}&trail={}", trail_text(&trail[skip..]))
+    }
+
+    /// `cursor=…&trail=…` of the page before this one, if there is one.
+    fn previous(&self) -> Option<String> {
+        let mut trail = self.before();
+        let back = trail.pop()?;
+        Some(format!("cursor={back}&trail={}", trail_text(&trail)))
+    }
+}
+
+fn trail_text(cursors: &[&str]) -> String {
+    cursors
+        .iter()
+        .map(|c| if c.is_empty() { "-" } else { c })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A cursor as it may go into a link: the API's are base64url.
+fn is_cursor(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b',')
+}
+
+/// `?a=b&…&` of the landing page's filters, ready for a paging link.
+fn filter_query(query: &TicketQuery) -> String {
+    query
+        .filters()
+        .into_iter()
+        .map(|(name, value)| format!("{name}={}&", crate::pages::percent_encode(value)))
+        .collect()
 }
 
 #[derive(Template)]
@@ -70,6 +166,7 @@ struct TicketForm {
     editing: Option<String>,
     title: String,
     price: String,
+    face_value: String,
     /// Reserved: the form is shown but cannot be sent.
     locked: bool,
     errors: FormErrors,
@@ -89,31 +186,129 @@ impl TicketForm {
 struct TicketInput {
     title: String,
     price: String,
+    #[serde(rename = "faceValue")]
+    face_value: String,
 }
 
-/// `/`: every ticket for sale. If the tickets cannot be loaded the page
-/// still shows who is signed in and their links, with an apology (503/502).
+/// `/`: the tickets for sale, searched and filtered as the query string
+/// says, one page at a time. If the tickets cannot be loaded the page still
+/// shows who is signed in and their links, with an apology (503/502); a
+/// search the API refuses shows its messages beside the filters (400).
 async fn index(
     State(state): State<AppState>,
     visitor: Visitor,
     notice: Notice,
+    Query(query): Query<TicketQuery>,
+    Query(paging): Query<Paging>,
 ) -> Result<Response, PageError> {
-    let (user, tickets) = tokio::join!(current_user(&state, &visitor), state.api.tickets(&visitor));
+    let query = TicketQuery {
+        cursor: paging.cursor.clone(),
+        ..query
+    };
+    if !is_cursor(&paging.cursor) || !is_cursor(&paging.trail) {
+        return Err(PageError::NotFound);
+    }
+    let (user, page) = tokio::join!(
+        current_user(&state, &visitor),
+        state.api.ticket_page(&visitor, &query, PAGE_SIZE)
+    );
     let layout = Layout::new(user?).with_notice(notice);
-    let (status, tickets, unavailable) = match tickets {
-        Ok(tickets) => (StatusCode::OK, tickets, false),
+    let mut errors = FormErrors::none();
+    let (status, page, unavailable) = match page {
+        Ok(page) => (StatusCode::OK, page, false),
+        Err(ApiError::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            errors: items,
+        }) => {
+            errors = FormErrors::new(FILTER_FIELDS, items);
+            (StatusCode::BAD_REQUEST, Default::default(), false)
+        }
         Err(error) => match PageError::from(error) {
-            PageError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, Vec::new(), true),
-            PageError::BadGateway => (StatusCode::BAD_GATEWAY, Vec::new(), true),
+            PageError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, Default::default(), true),
+            PageError::BadGateway => (StatusCode::BAD_GATEWAY, Default::default(), true),
             other => return Err(other),
         },
     };
+    let filters = filter_query(&query);
     let page = IndexPage {
         layout,
-        tickets,
+        next: page
+            .next
+            .as_deref()
+            .map(|next| format!("/?{filters}{}", paging.next(next))),
+        previous: paging
+            .previous()
+            .map(|previous| format!("/?{filters}{previous}")),
+        tickets: page.tickets,
         unavailable,
+        query,
+        errors,
     };
     Ok(render(status, &page))
+}
+
+/// `/tickets/mine`: the signed-in seller's tickets in every state.
+async fn mine(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    notice: Notice,
+    Query(paging): Query<Paging>,
+) -> Result<Response, PageError> {
+    let user = require(current_user(&state, &visitor).await?)?;
+    if !is_cursor(&paging.cursor) || !is_cursor(&paging.trail) {
+        return Err(PageError::NotFound);
+    }
+    let page = state
+        .api
+        .my_tickets(&visitor, &paging.cursor, PAGE_SIZE)
+        .await?;
+    let layout = Layout::new(Some(user)).with_notice(notice);
+    let page = MinePage::new(layout, page, &paging, FormErrors::none());
+    Ok(render(StatusCode::OK, &page))
+}
+
+impl MinePage {
+    fn new(layout: Layout, page: api::TicketPage, paging: &Paging, errors: FormErrors) -> Self {
+        Self {
+            layout,
+            next: page
+                .next
+                .as_deref()
+                .map(|next| format!("/tickets/mine?{}", paging.next(next))),
+            previous: paging
+                .previous()
+                .map(|previous| format!("/tickets/mine?{previous}")),
+            tickets: page.tickets,
+            errors,
+        }
+    }
+}
+
+/// Withdraw: take one's ticket off sale, back to "My listings". A refusal
+/// (`Cannot withdraw a reserved ticket`) is shown there.
+#[tracing::instrument(skip_all, fields(ticket_id = %id.0))]
+async fn withdraw(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    id: PageId,
+) -> Result<Response, PageError> {
+    let PageId(id) = id;
+    let user = require(current_user(&state, &visitor).await?)?;
+    let errors = match state.api.withdraw_ticket(&visitor, &id).await {
+        Ok(()) => return Ok(see_other("/tickets/mine?notice=withdrawn")),
+        Err(error) if error.rejected_status() == Some(StatusCode::UNAUTHORIZED) => {
+            return Err(not_yours(error, NOT_YOUR_TICKET_TO_WITHDRAW));
+        }
+        Err(error) => form_errors(error)?,
+    };
+    let page = state.api.my_tickets(&visitor, "", PAGE_SIZE).await?;
+    let page = MinePage::new(
+        Layout::new(Some(user)),
+        page,
+        &Paging::default(),
+        FormErrors::new(&[], errors),
+    );
+    Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page))
 }
 
 async fn new_page(State(state): State<AppState>, visitor: Visitor) -> Result<Response, PageError> {
@@ -123,6 +318,7 @@ async fn new_page(State(state): State<AppState>, visitor: Visitor) -> Result<Res
         editing: None,
         title: String::new(),
         price: String::new(),
+        face_value: String::new(),
         locked: false,
         errors: FormErrors::none(),
     };
@@ -138,7 +334,12 @@ async fn create(
     let user = require(current_user(&state, &visitor).await?)?;
     match state
         .api
-        .create_ticket(&visitor, input.title.trim(), &input.price)
+        .create_ticket(
+            &visitor,
+            input.title.trim(),
+            &input.price,
+            &input.face_value,
+        )
         .await
     {
         Ok(ticket) => Ok(see_other(&format!(
@@ -225,6 +426,7 @@ async fn edit_page(
         editing: Some(ticket.id),
         title: ticket.title,
         price: ticket.price.to_string(),
+        face_value: ticket.face_value.map(|f| f.to_string()).unwrap_or_default(),
         locked,
         errors: FormErrors::new(FIELDS, errors),
     };
@@ -242,7 +444,13 @@ async fn update(
     let user = require(current_user(&state, &visitor).await?)?;
     match state
         .api
-        .update_ticket(&visitor, &id, input.title.trim(), &input.price)
+        .update_ticket(
+            &visitor,
+            &id,
+            input.title.trim(),
+            &input.price,
+            &input.face_value,
+        )
         .await
     {
         Ok(_) => Ok(see_other(&format!("/tickets/{id}?notice=updated"))),
@@ -270,6 +478,7 @@ fn refused_form(
         editing,
         title: input.title,
         price: input.price,
+        face_value: input.face_value,
         locked: false,
         errors: FormErrors::new(FIELDS, errors),
     };
