@@ -8,9 +8,15 @@
 //!   idempotency key) — one intent, then paid once;
 //! - between a webhook's receipt and its ack: payments is `kill -9`ed while
 //!   the fake delivers `payment_intent.succeeded` (the delivery gets no 2xx);
-//!   Stripe's retry after the restart completes the order — once.
+//!   Stripe's retry after the restart completes the order — once;
+//! - in the middle of a webhook's handling: the money of an order the buyer
+//!   cancelled lands late, payments receives `payment_intent.succeeded`,
+//!   asks Stripe for the refund, and is `kill -9`ed while Stripe's answer is
+//!   held back (refunded at Stripe, not yet recorded, the delivery not
+//!   acked); after the restart the refund is recorded — and made once.
 //!
-//! No payment lost, none doubled, no refund for a paid order.
+//! No payment lost, none doubled, no refund for a paid order, every refund
+//! exactly once.
 
 use std::time::Duration;
 
@@ -108,6 +114,20 @@ async fn wait_complete(client: &Client, buyer: &User, order_id: &str) {
     panic!("order {order_id} never completed");
 }
 
+/// `kill -9` payments, then start it again.
+async fn kill_and_restart_payments(stack: &mut Stack) {
+    stack
+        .fleet_mut()
+        .kill_service("payments")
+        .await
+        .expect("kill -9");
+    stack
+        .fleet_mut()
+        .start_service("payments")
+        .await
+        .expect("payments restarts");
+}
+
 /// `POST /api/payments {orderId}` until payments knows the order: the intent.
 async fn open(client: &Client, buyer: &User, order_id: &str) -> Value {
     for _ in 0..200 {
@@ -174,15 +194,11 @@ async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() 
                 .await
         })
     };
-    let mut created = false;
-    for _ in 0..100 {
-        if intents_for(&stack, &second_order).await.len() == 1 {
-            created = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(created, "Stripe never got the intent request");
+    let created = testkit::eventually(Duration::from_secs(10), || async {
+        (intents_for(&stack, &second_order).await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(created.is_some(), "Stripe never got the intent request");
     stack
         .fleet_mut()
         .kill_service("payments")
@@ -239,16 +255,7 @@ async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() 
         .await
         .expect("payments answers");
     assert_eq!(paid.status, 201, "{:?}", paid.body);
-    stack
-        .fleet_mut()
-        .kill_service("payments")
-        .await
-        .expect("kill -9");
-    stack
-        .fleet_mut()
-        .start_service("payments")
-        .await
-        .expect("payments restarts");
+    kill_and_restart_payments(&mut stack).await;
     wait_complete(&client, &buyer, &order_id).await;
 
     // Nothing doubled, nothing refunded.
@@ -277,5 +284,98 @@ async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() 
         "{:?}",
         payments.body
     );
+
+    // 3. Killed between a webhook's receipt and its ack, in the middle of
+    //    refunding money that arrived after the buyer cancelled.
+    let late_order = an_order(&client, &seller, &buyer).await;
+    let late = open(&client, &buyer, &late_order).await;
+    let late_intent = late["paymentIntentId"].as_str().unwrap().to_owned();
+    // The cancel payments sends when the order is cancelled reaches Stripe
+    // only after the buyer's bank has said yes (the success overtakes it).
+    stripe(
+        &stack,
+        Method::POST,
+        "_fake/hold",
+        &[
+            ("method", "POST"),
+            ("path", &format!("/v1/payment_intents/{late_intent}/cancel")),
+            ("seconds", "20"),
+            ("when", "before"),
+        ],
+    )
+    .await;
+    let cancelled = client
+        .send(
+            Method::DELETE,
+            &format!("/api/orders/{late_order}"),
+            Some(&buyer),
+            None,
+        )
+        .await
+        .expect("orders answers");
+    assert_eq!(cancelled.status, 204, "{:?}", cancelled.body);
+    stripe(
+        &stack,
+        Method::POST,
+        "_fake/hold",
+        &[
+            ("method", "POST"),
+            ("path", "/v1/refunds"),
+            ("seconds", "30"),
+        ],
+    )
+    .await;
+    // Give payments the order.cancelled (its cancel is now held at Stripe).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let confirmed = stripe(
+        &stack,
+        Method::POST,
+        &format!("v1/payment_intents/{late_intent}/confirm"),
+        &[("payment_method", "pm_card_visa")],
+    )
+    .await;
+    assert_eq!(confirmed["status"], "succeeded");
+    let refunds_of = |all: &Value| -> Vec<Value> {
+        all["data"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter(|refund| refund["payment_intent"] == late_intent.as_str())
+            .cloned()
+            .collect()
+    };
+    let refunded_at_stripe = testkit::eventually(Duration::from_secs(15), || async {
+        (!refunds_of(&stripe(&stack, Method::GET, "v1/refunds", &[]).await).is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        refunded_at_stripe.is_some(),
+        "the webhook never asked for the refund"
+    );
+    kill_and_restart_payments(&mut stack).await;
+    let refunded = testkit::eventually(Duration::from_secs(30), || async {
+        let listed = client
+            .send(
+                Method::GET,
+                &format!("/api/payments?orderId={late_order}"),
+                Some(&buyer),
+                None,
+            )
+            .await
+            .ok()?;
+        (listed.body[0]["status"] == "refunded").then_some(())
+    })
+    .await;
+    assert!(refunded.is_some(), "the late payment was never refunded");
+    assert_eq!(
+        order_status(&client, &buyer, &late_order).await,
+        "cancelled"
+    );
+    let all = stripe(&stack, Method::GET, "v1/refunds", &[]).await;
+    let refunds = refunds_of(&all);
+    assert_eq!(refunds.len(), 1, "one refund: {refunds:?}");
+    assert_eq!(refunds[0]["amount"], 2500);
+    assert_eq!(all["data"].as_array().map(Vec::len), Some(1), "{all}");
     stack.stop().await.expect("the fleet stops");
 }

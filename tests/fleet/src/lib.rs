@@ -2,6 +2,10 @@
 //! its own infrastructure, the local ingress) and a way to use it the way a
 //! browser does — only HTTP through the ingress, with a session cookie.
 
+// A test kit: a set-up that cannot be done is the test failing, so it
+// unwraps and expects (the workspace denies both everywhere else).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use devstack::{Stack, ingress::IngressOptions};

@@ -42,6 +42,7 @@ async fn second_auth_replica(shop: &Shop) -> TestApp {
         mongo_uri: format!("{}/auth", mongo.trim_end_matches('/')),
         jwt_key: common::config::Secret::new(testkit::JWT_KEY),
         development: true,
+        session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: Default::default(),
         trusted_proxies: common::client::TrustedProxies::private_networks(),

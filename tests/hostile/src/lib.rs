@@ -12,6 +12,10 @@
 //! refuse to build: bytes that are not UTF-8, a `Content-Length` the body
 //! does not match, chunked bodies without end.
 
+// A test kit: a set-up that cannot be done is the test failing, so it
+// unwraps and expects (the workspace denies both everywhere else).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{sync::OnceLock, time::Duration};
 
 use serde_json::{Value, json};

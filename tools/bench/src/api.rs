@@ -27,6 +27,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub cookie: Option<String>,
+    /// The `Link` header (the listing's next page).
+    pub link: Option<String>,
 }
 
 impl Reply {
@@ -89,11 +91,17 @@ impl Api {
             .filter_map(|v| v.split(';').next())
             .find(|pair| pair.starts_with("session="))
             .map(str::to_owned);
+        let link = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = response.text().await.unwrap_or_default();
         Ok(Reply {
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
             cookie,
+            link,
         })
     }
 

@@ -326,9 +326,9 @@ impl MongoFloors {
             let tickets = tickets.clone();
             Box::pin(async move {
                 let found: Vec<Document> = tickets
-                    .find(doc! {"orderId": null})
+                    .find(doc! {"orderId": null, "withdrawn": null})
                     .sort(doc! {"_id": -1})
-                    .limit(100)
+                    .limit(101)
                     .await?
                     .try_collect()
                     .await?;

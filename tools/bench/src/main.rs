@@ -20,6 +20,7 @@
 mod api;
 mod floor;
 mod limits;
+mod listing;
 mod load;
 mod report;
 mod scenarios;
@@ -316,6 +317,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
 
     progress(begun, "GET /api/tickets");
     let make: load::MakeRequest = Arc::new(|_| Some(Req::get("/api/tickets")));
+    // The service reads limit + 1 to know whether there is a next page.
     routes.push(
         route(
             "GET /api/tickets",
@@ -324,7 +326,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
             None,
             load::status_is(200),
             Some((
-                "find({orderId:null}).sort({_id:-1}).limit(100)",
+                "find({orderId:null, withdrawn:null}).sort({_id:-1}).limit(101)",
                 floors.list_tickets(),
             )),
         )
@@ -514,6 +516,14 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
     floors.clean_up().await;
     drop(bare);
 
+    // Last: it leaves 100,000 tickets behind.
+    progress(begun, "GET /api/tickets as the collection grows");
+    runs.quiet.settle(Duration::from_secs(180)).await?;
+    let listing = listing::measure(&api, ingress, &infra.mongo_uri, shape, |what| {
+        progress(begun, what)
+    })
+    .await?;
+
     let memory: Vec<Memory> = idle
         .iter()
         .map(|(name, pid, idle)| Memory {
@@ -540,6 +550,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         auth_signin_peak_mib,
         targets: Vec::new(),
         limits: Some(limits),
+        listing: Some(listing),
     };
     report.targets = targets::check(&report);
     Ok(report)

@@ -135,6 +135,9 @@ pub struct Report {
     /// GET /api/tickets/:id with the limits off and on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::limits::LimitsCost>,
+    /// GET /api/tickets at 1,000 and 100,000 tickets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listing: Option<crate::listing::ListingCost>,
 }
 
 fn rate(value: f64) -> String {
@@ -271,7 +274,7 @@ pub fn markdown(r: &Report) -> String {
     let p = &r.propagation;
     let _ = writeln!(
         out,
-        "\n**Event propagation** — {} tickets, {} concurrent sell-then-order loops, reads repeated after 2, 4, 8, 16, then every {:.0} ms.\n",
+        "\n**Event propagation** — {} tickets, {} concurrent sell-then-order loops, reads repeated with pauses doubling from 2 ms up to {:.0} ms (each figure is late by at most that).\n",
         p.tickets, p.pipelines, p.poll_ms
     );
     let _ = writeln!(out, "| from → to | n | p50 ms | p99 ms | max ms |");
@@ -357,6 +360,9 @@ pub fn markdown(r: &Report) -> String {
     );
     if let Some(limits) = &r.limits {
         let _ = writeln!(out, "{}", crate::limits::render(limits));
+    }
+    if let Some(listing) = &r.listing {
+        let _ = writeln!(out, "{}", crate::listing::render(listing, s.connections));
     }
 
     let _ = writeln!(

@@ -129,5 +129,15 @@ pub fn check(report: &Report) -> Vec<Target> {
         measured: signin.map_or("not measured".into(), |r| format!("{r:.1} req/s")),
         met: signin.is_some_and(|r| r >= SIGNIN_BEFORE_PER_SECOND),
     });
+    if let Some(listing) = &report.listing {
+        for (query, ratio) in listing.ratios() {
+            targets.push(Target {
+                what: format!("GET /api/tickets {query}: p50 at 100,000 ÷ at 1,000 tickets"),
+                goal: "≤ 2×".into(),
+                measured: format!("{ratio:.2}×"),
+                met: ratio <= 2.0,
+            });
+        }
+    }
     targets
 }
