@@ -71,6 +71,21 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// A JSON API service's complete router: its documented routes with
+/// `/openapi.json`, the probes (`/healthz`, `/readyz` from [`Ready`]), then
+/// [`finish`]'s `/metrics` and layers.
+pub fn api_app<S>(api: utoipa_axum::router::OpenApiRouter<S>, state: S) -> Router
+where
+    S: crate::health::Ready + Clone + Send + Sync + 'static,
+{
+    finish(
+        Router::new()
+            .merge(crate::openapi::serve(api))
+            .merge(crate::health::routes())
+            .with_state(state),
+    )
+}
+
 /// Adds `GET /metrics` and the fleet's common layers to a service's complete
 /// router.
 pub fn finish(router: Router) -> Router {

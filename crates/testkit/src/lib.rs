@@ -9,9 +9,15 @@
 //! - Isolation: [`database`] is a fresh database name per call,
 //!   [`bus_config`] a stream and subject prefix of its own, so tests run in
 //!   parallel without seeing each other.
-//! - [`TestApp`] is a service bound to port 0 plus a small HTTP client whose
-//!   [`Reply`] makes assertions short; [`signin`] returns a valid session
-//!   cookie for a fresh user, like the original's `global.signin()`.
+//! - [`Harness`] is a service under test: running on port 0, with a bus and
+//!   a database handle on its namespace for the test itself; [`TestApp`] is
+//!   its HTTP side, whose [`Reply`] makes assertions short; [`signin`]
+//!   returns a valid session cookie for a fresh user, like the original's
+//!   `global.signin()`.
+//! - [`Api`] is the one client of the fleet's API (tests through the
+//!   ingress, the fault load and the bench use it too): `signup`, `signin`,
+//!   `create_ticket`, `order`, `pay`, with typed replies.
+//! - Test events: [`order_created`], [`order_cancelled`], [`delivery`].
 //! - [`assert_openapi_lists_exactly`] checks a service's `/openapi.json`
 //!   against the routes it really serves; [`metric`] reads one series of its
 //!   `/metrics`.
@@ -35,7 +41,7 @@ use common::{
     session::{Claims, Sessions},
 };
 use mongodb::bson::oid::ObjectId;
-use reqwest::{Method, header::HeaderMap};
+use reqwest::Method;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +50,12 @@ pub const JWT_KEY: &str = "test-jwt-key-not-a-secret";
 
 /// Where the test infrastructure listens (`mongo_uri` has no database path).
 pub use devstack::Endpoints as Infra;
+
+pub mod api;
+mod harness;
+
+pub use api::{Api, Failure, Order, PASSWORD, Reply, Ticket, User};
+pub use harness::{Harness, Running};
 
 static INFRA: OnceLock<Infra> = OnceLock::new();
 
@@ -211,7 +223,7 @@ fn chrono_now() -> i64 {
 }
 
 /// `name=value` of a `Set-Cookie` header value.
-fn cookie_pair(set_cookie: &reqwest::header::HeaderValue) -> String {
+pub(crate) fn cookie_pair(set_cookie: &reqwest::header::HeaderValue) -> String {
     set_cookie
         .to_str()
         .unwrap_or_default()
@@ -225,6 +237,9 @@ fn cookie_pair(set_cookie: &reqwest::header::HeaderValue) -> String {
 pub struct TestApp {
     pub address: SocketAddr,
     pub base_url: String,
+    /// The kit's client of the service ([`Api`]).
+    pub api: Api,
+    /// Its HTTP client, for requests [`Api`] does not shape.
     pub http: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -232,28 +247,24 @@ pub struct TestApp {
 impl TestApp {
     /// Wraps a running service: where it listens and the token that stops it.
     pub fn new(address: SocketAddr, shutdown: CancellationToken) -> Self {
+        Self::with_api(address, Api::new(&format!("http://{address}")), shutdown)
+    }
+
+    fn with_api(address: SocketAddr, api: Api, shutdown: CancellationToken) -> Self {
         Self {
             address,
-            base_url: format!("http://{address}"),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("testkit: failed to build the HTTP client"),
+            base_url: api.base().to_owned(),
+            http: api.http().clone(),
+            api,
             shutdown,
         }
     }
 
     /// The same client, connecting from `source` — a loopback address such
     /// as `127.0.0.2` is a different client address to the server on Linux.
-    pub fn sending_from(mut self, source: std::net::IpAddr) -> Self {
-        self.http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .local_address(source)
-            .build()
-            .expect("testkit: failed to build the HTTP client");
-        self
+    pub fn sending_from(self, source: std::net::IpAddr) -> Self {
+        let api = self.api.clone().sending_from(source);
+        Self::with_api(self.address, api, self.shutdown.clone())
     }
 
     /// The token that stops the service.
@@ -269,16 +280,10 @@ impl TestApp {
         cookie: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base_url));
-        if let Some(cookie) = cookie {
-            request = request.header(reqwest::header::COOKIE, cookie);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        Reply::read(request.send().await.expect("testkit: request failed")).await
+        self.api
+            .send(method, path, cookie, body.as_ref())
+            .await
+            .unwrap_or_else(|failure| panic!("testkit: {failure}"))
     }
 
     pub async fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
@@ -316,91 +321,6 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub text: String,
-    /// The body as JSON, `Null` when empty or not JSON.
-    pub body: Value,
-}
-
-impl Reply {
-    pub async fn read(response: reqwest::Response) -> Self {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Self {
-            status,
-            headers,
-            text,
-            body,
-        }
-    }
-
-    /// The `Set-Cookie` values.
-    pub fn set_cookies(&self) -> Vec<String> {
-        self.headers
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .collect()
-    }
-
-    /// The session cookie's `name=value` pair (`session=…` or
-    /// `express:sess=…`) to send back as a `Cookie` header, if one was set.
-    pub fn session_cookie(&self) -> Option<String> {
-        self.headers
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .map(cookie_pair)
-            .find(|pair| {
-                pair.split_once('=')
-                    .is_some_and(|(name, _)| common::session::is_session_cookie(name))
-            })
-    }
-
-    /// The messages of an `{"errors":[…]}` body.
-    pub fn error_messages(&self) -> Vec<String> {
-        self.body["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["message"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Asserts the status, printing the body when it differs.
-    #[track_caller]
-    pub fn assert_status(&self, expected: u16) -> &Self {
-        assert_eq!(
-            self.status, expected,
-            "unexpected status; body: {}",
-            self.text
-        );
-        self
-    }
-
-    /// Asserts a well-formed error body whose first message is `message`.
-    #[track_caller]
-    pub fn assert_error(&self, status: u16, message: &str) -> &Self {
-        self.assert_status(status);
-        assert_error_shape(&self.body);
-        assert_eq!(
-            self.error_messages().first().map(String::as_str),
-            Some(message),
-            "body: {}",
-            self.text
-        );
-        self
     }
 }
 
@@ -447,20 +367,10 @@ where
     }
 }
 
-/// Runs a built service in the background and returns its test handle:
-/// `testkit::start(app.port(), |stop| app.run_until(stop))`.
-pub fn start<F>(port: u16, run: impl FnOnce(CancellationToken) -> F) -> TestApp
-where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let shutdown = CancellationToken::new();
-    let service = run(shutdown.clone());
-    tokio::spawn(async move {
-        if let Err(err) = service.await {
-            eprintln!("testkit: service stopped with an error: {err:#}");
-        }
-    });
-    TestApp::new(SocketAddr::from(([127, 0, 0, 1], port)), shutdown)
+/// Runs a built service in the background and returns its test handle,
+/// which stops it when dropped: `testkit::start(Application::build(s).await?)`.
+pub fn start(service: common::server::Service) -> TestApp {
+    Running::start(service).detach()
 }
 
 /// Every `E` stored in the test stream so far, in order — what a service

@@ -19,7 +19,7 @@ async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
     let app = Application::build(settings)
         .await
         .expect("auth failed to start");
-    let app = testkit::start(app.port(), |stop| app.run_until(stop));
+    let app = testkit::start(app);
     testkit::assert_openapi_lists_exactly(
         &app,
         &[

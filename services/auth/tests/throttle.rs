@@ -25,7 +25,7 @@ async fn spawn_auth(mongo_uri: &str, policy: Policy) -> TestApp {
     let app = Application::build(settings)
         .await
         .expect("auth failed to start");
-    testkit::start(app.port(), |stop| app.run_until(stop))
+    testkit::start(app)
 }
 
 /// A sign-in as if forwarded by the ingress for client `from`.
@@ -165,7 +165,7 @@ async fn a_forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
         limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
-    let app = testkit::start(app.port(), |stop| app.run_until(stop));
+    let app = testkit::start(app);
     for n in 0..2 {
         signin(
             &app,

@@ -34,7 +34,7 @@ async fn spawn_auth_with(
     let app = Application::build(settings)
         .await
         .expect("auth failed to start");
-    testkit::start(app.port(), |stop| app.run_until(stop))
+    testkit::start(app)
 }
 
 async fn signup(app: &TestApp, email: &str, password: &str) -> Reply {

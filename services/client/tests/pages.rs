@@ -138,7 +138,7 @@ async fn spawn_client(api_base_url: &str) -> TestApp {
     let app = Application::build(settings)
         .await
         .expect("client failed to start");
-    testkit::start(app.port(), |stop| app.run_until(stop))
+    testkit::start(app)
 }
 
 async fn post_form(
@@ -1070,7 +1070,7 @@ async fn with_a_publishable_key_the_order_page_uses_stripe_js() {
         limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
-    let app = testkit::start(app.port(), |stop| app.run_until(stop));
+    let app = testkit::start(app);
 
     let page = app.get(&format!("/orders/{ORDER_ID}"), Some(COOKIE)).await;
     page.assert_status(200);
@@ -1153,7 +1153,7 @@ async fn order_page_with_payment(
         limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
-    let app = testkit::start(app.port(), |stop| app.run_until(stop));
+    let app = testkit::start(app);
     let page = app
         .get(
             &format!("/orders/{ORDER_ID}?payment=processing"),

@@ -9,7 +9,6 @@
 //! what JetStream's deduplication let through.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,9 +18,7 @@ use common::events::{Event, ExpirationComplete, OrderCreated};
 use expiration::jobs::Jobs;
 use expiration::{Application, SERVICE, Settings};
 use futures::StreamExt as _;
-use testkit::TestApp;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use testkit::Running;
 
 /// How late a job may fire after its due time.
 const ON_TIME: TimeDelta = TimeDelta::milliseconds(1500);
@@ -61,8 +58,11 @@ impl World {
     }
 
     /// Starts one more instance of the service on this world's Redis prefix and bus.
-    async fn start(&self) -> Service {
-        Service::start(self.settings.clone()).await
+    async fn start(&self) -> Running {
+        let built = Application::build(self.settings.clone())
+            .await
+            .expect("expiration failed to start");
+        Running::start(built)
     }
 
     /// Publishes `order.created` for a new order expiring at `expires_at`.
@@ -99,38 +99,6 @@ impl World {
     /// The `expiration.complete` events stored in the stream.
     async fn stored(&self) -> Vec<ExpirationComplete> {
         testkit::published::<ExpirationComplete>(&self.bus).await
-    }
-}
-
-/// A running instance of the service, which can be stopped and awaited.
-struct Service {
-    app: TestApp,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Service {
-    async fn start(settings: Settings) -> Service {
-        let app = Application::build(settings)
-            .await
-            .expect("expiration failed to start");
-        let port = app.port();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(app.run_until(stop.clone()));
-        Service {
-            app: TestApp::new(SocketAddr::from(([127, 0, 0, 1], port)), stop),
-            task,
-        }
-    }
-
-    /// Stops it like SIGTERM does and waits until it has exited cleanly.
-    async fn stop(self) {
-        self.app.shutdown().cancel();
-        let exited = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the service did not stop within 10s after shutdown");
-        exited
-            .expect("the service panicked")
-            .expect("the service stopped with an error");
     }
 }
 

@@ -122,12 +122,7 @@ impl Ready for AppState {
 /// The complete router: the documented route with `/openapi.json`, the
 /// probes and the fleet's common layers (with `/metrics`).
 pub fn app(state: AppState) -> Router {
-    server::finish(
-        Router::new()
-            .merge(openapi::serve(api()))
-            .merge(health::routes())
-            .with_state(state),
-    )
+    server::api_app(api(), state)
 }
 
 /// The HTTP API: its route and its OpenAPI description, from the same code.

@@ -103,12 +103,7 @@ impl Ready for AppState {
 /// The complete router: the documented routes with `/openapi.json`, the
 /// probes and the fleet's common layers (with `/metrics`).
 pub fn app(state: AppState) -> Router {
-    server::finish(
-        Router::new()
-            .merge(openapi::serve(api()))
-            .merge(health::routes())
-            .with_state(state),
-    )
+    server::api_app(api(), state)
 }
 
 /// The HTTP API: its routes and their OpenAPI description, from the same code.

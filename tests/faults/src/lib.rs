@@ -51,38 +51,14 @@ const GIVE_UP: Duration = Duration::from_secs(90);
 /// in flight when the order expires (the window is much longer).
 const PAY_WITHIN: Duration = Duration::from_secs(4);
 
-/// An answer, or why there was none.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub body: Value,
-}
-
-impl Reply {
-    /// The first error message, if the body has the fleet's error shape.
-    pub fn message(&self) -> &str {
-        self.body["errors"][0]["message"].as_str().unwrap_or("")
-    }
-
-    /// A status the client should retry later (the ingress's 502/503, a
-    /// service's 500 while its database is away).
-    pub fn unavailable(&self) -> bool {
-        self.status >= 500
-    }
-}
-
-/// A signed-up user.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub email: String,
-    pub cookie: String,
-}
+/// An answer (the kit's [`testkit::Reply`]: `message()`, `unavailable()`),
+/// and a signed-up user (the kit's).
+pub use testkit::{Reply, User};
 
 /// An HTTP client for the ingress that never panics.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    base: String,
+    api: testkit::Api,
     counts: Arc<Counts>,
 }
 
@@ -97,11 +73,7 @@ struct Counts {
 impl Client {
     pub fn new(base: &str) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .expect("an HTTP client"),
-            base: base.trim_end_matches('/').to_owned(),
+            api: testkit::Api::new(base).with_timeout(REQUEST_TIMEOUT),
             counts: Arc::default(),
         }
     }
@@ -123,32 +95,12 @@ impl Client {
         user: Option<&User>,
         body: Option<Value>,
     ) -> Result<Reply, String> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
-        if let Some(user) = user {
-            request = request.header(reqwest::header::COOKIE, &user.cookie);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
         self.counts.sent.fetch_add(1, Ordering::Relaxed);
-        let answer = async {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| format!("{method} {path}: {e}"))?;
-            let status = response.status().as_u16();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| format!("{method} {path}: {e}"))?;
-            Ok(Reply {
-                status,
-                body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            })
-        }
-        .await;
+        let answer = self
+            .api
+            .send(method, path, user.map(|u| u.cookie.as_str()), body.as_ref())
+            .await
+            .map_err(|failure| failure.to_string());
         if !answer.as_ref().is_ok_and(|reply| !reply.unavailable()) {
             self.counts.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -182,26 +134,7 @@ impl Client {
     }
 
     pub async fn signup(&self, email: &str) -> User {
-        let response = self
-            .http
-            .post(format!("{}/api/users/signup", self.base))
-            .json(&json!({"email": email, "password": "password1"}))
-            .send()
-            .await
-            .expect("signup answers");
-        assert_eq!(response.status().as_u16(), 201, "signup");
-        let cookie = response
-            .headers()
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok()?.split(';').next())
-            .find(|pair| pair.starts_with("session="))
-            .expect("a session cookie")
-            .to_owned();
-        User {
-            email: email.to_owned(),
-            cookie,
-        }
+        self.api.signup(email).await.expect("signup")
     }
 }
 

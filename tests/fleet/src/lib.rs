@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use devstack::{Stack, ingress::IngressOptions};
-use serde_json::{Value, json};
+use serde_json::Value;
 use testkit::{Reply, TestApp};
 use tokio_util::sync::CancellationToken;
 
@@ -20,14 +20,8 @@ pub struct Shop {
     address: std::net::SocketAddr,
 }
 
-/// A signed-up user.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub id: String,
-    pub email: String,
-    /// The `Cookie` header value to send back.
-    pub cookie: String,
-}
+/// A signed-up user: the kit's.
+pub use testkit::User;
 
 impl Shop {
     /// Starts the fleet with an expiration window of `window_seconds`.
@@ -100,34 +94,13 @@ impl Shop {
     /// Signs up a fresh user.
     pub async fn signup(&self) -> User {
         let email = format!("{}@test.com", testkit::unique_name("user"));
-        let reply = self
-            .post(
-                "/api/users/signup",
-                None,
-                json!({"email": email, "password": "password1"}),
-            )
-            .await;
-        reply.assert_status(201);
-        User {
-            id: reply.body["id"].as_str().expect("user id").to_owned(),
-            email,
-            cookie: reply
-                .session_cookie()
-                .expect("signup sets the session cookie"),
-        }
+        self.http.api.signup(&email).await.unwrap()
     }
 
     /// Lists a ticket; returns its id.
     pub async fn sell(&self, seller: &User, title: &str, price: f64) -> String {
-        let reply = self
-            .post(
-                "/api/tickets",
-                Some(seller),
-                json!({"title": title, "price": price}),
-            )
-            .await;
-        reply.assert_status(201);
-        reply.body["id"].as_str().expect("ticket id").to_owned()
+        let ticket = self.http.api.create_ticket(seller, title, price).await;
+        ticket.unwrap().id
     }
 
     /// Orders a ticket once the orders service knows it (replication is
@@ -135,27 +108,19 @@ impl Shop {
     /// replica was killed, the event it had in hand comes back only after the
     /// bus's ack wait (10 s), and the updates that arrived before it meanwhile
     /// back off (0.5 s doubling): half a minute is the worst case, not a hang.
-    pub async fn buy(&self, buyer: &User, ticket_id: &str) -> Value {
-        let reply = self
-            .until(Duration::from_secs(60), || async {
-                let reply = self
-                    .post("/api/orders", Some(buyer), json!({"ticketId": ticket_id}))
-                    .await;
-                (reply.status != 404).then_some(reply)
-            })
-            .await
-            .expect("the ticket never reached the orders service");
-        reply.assert_status(201);
-        reply.body
+    pub async fn buy(&self, buyer: &User, ticket_id: &str) -> testkit::Order {
+        self.until(Duration::from_secs(60), || async {
+            match self.http.api.order(buyer, ticket_id).await {
+                Err(failure) if failure.status() == Some(404) => None,
+                ordered => Some(ordered.unwrap()),
+            }
+        })
+        .await
+        .expect("the ticket never reached the orders service")
     }
 
     pub async fn pay(&self, buyer: &User, order_id: &str, token: &str) -> Reply {
-        self.post(
-            "/api/payments",
-            Some(buyer),
-            json!({"token": token, "orderId": order_id}),
-        )
-        .await
+        self.http.api.pay(buyer, order_id, token).await.unwrap()
     }
 
     /// Pays once payments knows the order (it learns of it by event).

@@ -130,7 +130,7 @@ async fn fifty_orders_at_once_by_one_buyer_create_exactly_four() {
     // it is unknown there) and released again by someone else.
     for ticket in &tickets {
         let order = shop.buy(&prober, ticket).await;
-        let id = order["id"].as_str().expect("order id");
+        let id = order.id.as_str();
         shop.send(
             reqwest::Method::DELETE,
             &format!("/api/orders/{id}"),

@@ -49,7 +49,7 @@ async fn my_listings_show_a_ticket_available_then_reserved_then_sold() {
     );
 
     let order = shop.buy(&buyer, &ticket).await;
-    let order_id = order["id"].as_str().unwrap();
+    let order_id = order.id.as_str();
     wait_for(&shop, &seller, &ticket, "reserved").await;
 
     shop.pay_when_known(&buyer, order_id, "tok_visa")

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use common::events::OrderStatus;
 use fleet_tests::Shop;
 
 /// Long enough to pay within, short enough to watch expire.
@@ -15,9 +16,9 @@ async fn buy_and_pay_completes_the_order_once_and_for_all() {
     let buyer = shop.signup().await;
     let ticket = shop.sell(&seller, "concert", 20.5).await;
     let order = shop.buy(&buyer, &ticket).await;
-    let order_id = order["id"].as_str().unwrap();
-    assert_eq!(order["status"], "created");
-    assert_eq!(order["ticket"]["price"], 20.5);
+    let order_id = order.id.as_str();
+    assert_eq!(order.status, OrderStatus::Created);
+    assert_eq!(order.ticket.price, 20.5);
 
     shop.pay_when_known(&buyer, order_id, "tok_visa")
         .await
@@ -50,7 +51,7 @@ async fn an_unpaid_order_expires_on_time_and_the_ticket_is_sold_again() {
     let ticket = shop.sell(&seller, "match", 15.0).await;
     let order = shop.buy(&buyer, &ticket).await;
     let ordered_at = Instant::now();
-    let order_id = order["id"].as_str().unwrap().to_owned();
+    let order_id = order.id.clone();
     assert!(
         shop.until(Duration::from_secs(10), || async {
             (!shop.listed(&ticket).await).then_some(())
@@ -86,7 +87,7 @@ async fn an_unpaid_order_expires_on_time_and_the_ticket_is_sold_again() {
     );
     let next = shop.signup().await;
     let second = shop.buy(&next, &ticket).await;
-    assert_eq!(second["status"], "created");
+    assert_eq!(second.status, OrderStatus::Created);
     shop.close().await;
 }
 
@@ -97,7 +98,7 @@ async fn a_declined_card_is_refused_and_the_order_stays_payable() {
     let buyer = shop.signup().await;
     let ticket = shop.sell(&seller, "opera", 99.99).await;
     let order = shop.buy(&buyer, &ticket).await;
-    let order_id = order["id"].as_str().unwrap();
+    let order_id = order.id.as_str();
 
     shop.pay_when_known(&buyer, order_id, "tok_chargeDeclined")
         .await

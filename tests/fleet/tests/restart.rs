@@ -63,7 +63,7 @@ async fn orders_killed_mid_stream_catches_up_on_everything_it_missed() {
         let expected = if n < 20 { (10 + n) as f64 } else { 42.0 };
         let version: i64 = if n < 20 { 1 } else { 0 };
         let order = shop.buy(&buyer, ticket).await;
-        let id = order["id"].as_str().expect("order id").to_owned();
+        let id = order.id;
         let converged = shop
             .until(Duration::from_secs(60), || async {
                 let reply = shop.get(&format!("/api/orders/{id}"), Some(&buyer)).await;

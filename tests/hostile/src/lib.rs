@@ -172,54 +172,21 @@ fn start() -> Fleet {
     }
 }
 
-/// Signs up a user through the ingress and lists a ticket.
+/// Signs up a user through the ingress and lists a ticket (with the kit's
+/// client: the set-up is not what is under attack).
 async fn prepare(base_url: &str) -> Fleet {
-    let address = base_url.trim_start_matches("http://").to_owned();
+    let api = testkit::Api::new(base_url);
     let email = format!("{}@test.com", testkit::unique_name("hostile"));
-    let signup = send(
-        &address,
-        Request::json(
-            "POST",
-            "/api/users/signup",
-            &json!({"email": email, "password": "password1"}),
-        ),
-    )
-    .await;
-    assert_eq!(signup.status, 201, "sign-up failed: {}", signup.text());
-    let cookie = signup
-        .header_values("set-cookie")
-        .find_map(|value| {
-            value
-                .split(';')
-                .next()
-                .filter(|pair| pair.starts_with("session="))
-                .map(str::to_owned)
-        })
-        .expect("sign-up sets the session cookie");
-    let token = common::session::decode_cookie_value(cookie.trim_start_matches("session="))
-        .expect("the session cookie holds a JWT");
-    let ticket = send(
-        &address,
-        Request::json(
-            "POST",
-            "/api/tickets",
-            &json!({"title": "hostile", "price": 10}),
-        )
-        .header("cookie", &cookie),
-    )
-    .await;
-    assert_eq!(
-        ticket.status,
-        201,
-        "listing a ticket failed: {}",
-        ticket.text()
-    );
-    let ticket_id = ticket.json()["id"].as_str().expect("ticket id").to_owned();
+    let user = api.signup(&email).await.expect("sign-up");
+    let (_, value) = user.cookie.split_once('=').expect("a name=value cookie");
+    let token =
+        common::session::decode_cookie_value(value).expect("the session cookie holds a JWT");
+    let ticket = api.create_ticket(&user, "hostile", 10.0).await;
     Fleet {
-        address,
-        cookie,
+        address: base_url.trim_start_matches("http://").to_owned(),
+        cookie: user.cookie,
         token,
-        ticket_id,
+        ticket_id: ticket.expect("listing a ticket").id,
     }
 }
 
@@ -317,15 +284,17 @@ impl Request {
     }
 }
 
-/// A response, read whole.
+/// A response read off the socket as bytes, whatever they are (the kit's
+/// [`testkit::Reply`] is for responses an HTTP client accepts; these tests
+/// also look at the ones it would refuse).
 #[derive(Debug)]
-pub struct Reply {
+pub struct RawReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
-impl Reply {
+impl RawReply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -400,7 +369,7 @@ impl Reply {
 /// the whole response. Writing and reading run at the same time, so a server
 /// that answers before it has read the body (a 413) is heard, and a write
 /// the server no longer reads is not an error.
-pub async fn send(address: &str, request: Request) -> Reply {
+pub async fn send(address: &str, request: Request) -> RawReply {
     let stream = TcpStream::connect(address)
         .await
         .unwrap_or_else(|err| panic!("hostile: cannot connect to {address}: {err}"));
@@ -441,11 +410,11 @@ pub async fn send(address: &str, request: Request) -> Reply {
 }
 
 /// Sends `request` through the fleet's ingress.
-pub async fn call(request: Request) -> Reply {
+pub async fn call(request: Request) -> RawReply {
     send(&fleet().address, request).await
 }
 
-fn parse(raw: &[u8]) -> Option<Reply> {
+fn parse(raw: &[u8]) -> Option<RawReply> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -466,7 +435,7 @@ fn parse(raw: &[u8]) -> Option<Reply> {
     } else {
         rest.to_vec()
     };
-    Some(Reply {
+    Some(RawReply {
         status,
         headers,
         body,

@@ -123,7 +123,7 @@ async fn page_path(api: &Api, first: &str, page: usize) -> anyhow::Result<String
     for _ in 1..page {
         let reply = api.get(&path, None).await?;
         let link = reply
-            .link
+            .link()
             .context("the listing ended before the deep page")?;
         path = link
             .split(';')

@@ -156,7 +156,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         duration: Duration::from_secs_f64(settings.duration_seconds),
     };
     let ingress: std::net::SocketAddr = stack.base_url().trim_start_matches("http://").parse()?;
-    let api = Api::new(stack.base_url())?;
+    let api = Api::new(stack.base_url()).with_timeout(Duration::from_secs(60));
     let infra = stack.infra().endpoints().clone();
     let mongo_flavor = stack.infra().mongo_flavor();
 
@@ -190,8 +190,12 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         .map(|i| {
             let (api, seller) = (api.clone(), seller.clone());
             async move {
-                api.sell(&seller, &format!("seed {i}"), 10.0 + i as f64)
-                    .await
+                let title = format!("seed {i}");
+                anyhow::Ok(
+                    api.create_ticket(&seller, &title, 10.0 + i as f64)
+                        .await?
+                        .id,
+                )
             }
         })
         .buffer_unordered(16)
@@ -627,7 +631,7 @@ async fn capture(
     let current_user = api
         .get("/api/users/currentuser", Some(seller))
         .await?
-        .expect(200, "currentuser")?;
+        .expect_status(200, "currentuser")?;
     let signin = api
         .post(
             "/api/users/signin",
@@ -635,7 +639,7 @@ async fn capture(
             json!({"email": seller.email, "password": api::PASSWORD}),
         )
         .await?
-        .expect(200, "signin")?;
+        .expect_status(200, "signin")?;
     let created = api
         .post(
             "/api/tickets",
@@ -643,29 +647,29 @@ async fn capture(
             json!({"title": "bench", "price": 25}),
         )
         .await?
-        .expect(201, "create ticket")?;
+        .expect_status(201, "create ticket")?;
     let tickets = api
         .get("/api/tickets", None)
         .await?
-        .expect(200, "list tickets")?;
+        .expect_status(200, "list tickets")?;
     let ticket = api
         .get(&format!("/api/tickets/{}", seed[0]), None)
         .await?
-        .expect(200, "show ticket")?;
+        .expect_status(200, "show ticket")?;
     let ticket_id = created.id()?;
     let order = loop {
         let reply = api
             .post("/api/orders", Some(buyer), json!({"ticketId": ticket_id}))
             .await?;
         if reply.status != 404 {
-            break reply.expect(201, "create order")?;
+            break reply.expect_status(201, "create order")?;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     Ok(Canned {
         current_user: body(&current_user),
         signin: body(&signin),
-        signin_cookie: signin.cookie.as_deref().and_then(|c| {
+        signin_cookie: signin.session_cookie().and_then(|c| {
             HeaderValue::from_str(&format!("{c}; path=/; samesite=lax; httponly")).ok()
         }),
         ticket_created: body(&created),
@@ -681,14 +685,9 @@ async fn cancel_all(api: &Api, orders: Vec<(User, String)>) -> anyhow::Result<()
         .map(|(buyer, id)| {
             let api = api.clone();
             async move {
-                api.send(
-                    reqwest::Method::DELETE,
-                    &format!("/api/orders/{id}"),
-                    Some(&buyer),
-                    None,
-                )
-                .await?
-                .expect(204, "cancel order")
+                api.delete(&format!("/api/orders/{id}"), Some(&buyer))
+                    .await?
+                    .expect_status(204, "cancel order")
             }
         })
         .buffer_unordered(32)

@@ -141,7 +141,7 @@ pub async fn propagate_created(
             let mut sold = Vec::new();
             let mut latencies = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < n {
-                let ticket_id = api.sell(&seller, "propagation", 20.0).await?;
+                let ticket_id = api.create_ticket(&seller, "propagation", 20.0).await?.id;
                 let listed = Instant::now();
                 let deadline = listed + Duration::from_secs(60);
                 let mut attempt = 0;
@@ -250,7 +250,7 @@ pub async fn expiration(
         let orders = api
             .get("/api/orders", Some(buyer))
             .await?
-            .expect(200, "list orders")?;
+            .expect_status(200, "list orders")?;
         cancelled_in_api += orders
             .body
             .as_array()
@@ -305,7 +305,7 @@ pub async fn propagate_updated(
                     json!({"title": "propagation", "price": price}),
                 )
                 .await?
-                .expect(200, "update ticket")?;
+                .expect_status(200, "update ticket")?;
                 let changed = Instant::now();
                 let deadline = changed + Duration::from_secs(60);
                 let mut attempt = 0;
@@ -316,7 +316,7 @@ pub async fn propagate_updated(
                             Some(&buyers[s.buyer]),
                         )
                         .await?
-                        .expect(200, "show order")?;
+                        .expect_status(200, "show order")?;
                     if price_of(&order.body) == Some(price as f64) {
                         break;
                     }
@@ -487,7 +487,11 @@ pub async fn race(
 ) -> anyhow::Result<(Race, Vec<(usize, String)>)> {
     let mut ids = Vec::new();
     for i in 0..tickets {
-        ids.push(api.sell(seller, &format!("final {i}"), 50.0).await?);
+        ids.push(
+            api.create_ticket(seller, &format!("final {i}"), 50.0)
+                .await?
+                .id,
+        );
     }
     quiet.settle(Duration::from_secs(60)).await?;
     let begun = Instant::now();
@@ -525,7 +529,7 @@ pub async fn race(
         let listed = api
             .get("/api/orders", Some(buyer))
             .await?
-            .expect(200, "list orders")?;
+            .expect_status(200, "list orders")?;
         for order in listed.body.as_array().into_iter().flatten() {
             if let Some(ticket) = order["ticket"]["id"]
                 .as_str()

@@ -7,20 +7,19 @@
 use std::time::Duration;
 
 use common::{
-    bus::Bus,
     config::Secret,
     events::{ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated},
     money::Money,
     outbox::Relay,
 };
-use mongodb::{Database, bson::oid::ObjectId};
+use mongodb::bson::oid::ObjectId;
 use orders::{
     Application, Settings,
     events::SERVICE,
     store::{Order, Orders, Ticket, Tickets},
 };
 use serde_json::json;
-use testkit::{Reply, TestApp};
+use testkit::{Harness, Reply};
 
 /// Settings for a fresh service: its own database and bus namespace.
 pub fn settings() -> Settings {
@@ -37,15 +36,17 @@ pub fn settings() -> Settings {
     }
 }
 
-/// A running orders service and the test's own handles on its world.
-pub struct TestOrders {
-    pub app: TestApp,
-    /// A bus on the service's namespace: publish what other services would,
-    /// read what orders published.
-    pub bus: Bus,
-    /// The service's database.
-    pub db: Database,
-    pub settings: Settings,
+/// A running orders service and the test's own handles on its world (the
+/// kit's [`Harness`]: `app`, `bus`, `db`, `settings`), with the steps orders'
+/// tests are written in.
+pub struct TestOrders(Harness<Settings>);
+
+impl std::ops::Deref for TestOrders {
+    type Target = Harness<Settings>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// Starts orders with fresh settings.
@@ -55,22 +56,8 @@ pub async fn spawn_orders() -> TestOrders {
 
 /// Starts orders with these settings (a restart passes the same ones again).
 pub async fn spawn_with(settings: Settings) -> TestOrders {
-    let app = Application::build(settings.clone())
-        .await
-        .expect("orders failed to start");
-    let app = testkit::start(app.port(), |stop| app.run_until(stop));
-    let bus = Bus::connect(settings.bus.clone().with_connection_name("orders-test"))
-        .await
-        .expect("test bus failed to connect");
-    let db = common::mongo::connect(&settings.mongo_uri, "orders")
-        .await
-        .expect("bad MongoDB URI");
-    TestOrders {
-        app,
-        bus,
-        db,
-        settings,
-    }
+    let (uri, bus) = (settings.mongo_uri.clone(), settings.bus.clone());
+    TestOrders(Harness::start("orders", &uri, &bus, settings, Application::build).await)
 }
 
 /// A ticket as the tickets service would announce it.

@@ -10,18 +10,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::{
-    bus::{Bus, BusConfig},
     config::Secret,
     events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef},
     money::Money,
 };
-use mongodb::{
-    Database,
-    bson::{Document, doc, oid::ObjectId},
-};
+use mongodb::bson::{Document, doc, oid::ObjectId};
 use payments::{Application, Settings, store::Order};
 use serde_json::Value;
-use testkit::TestApp;
 
 /// The webhook signing secret of the test services.
 pub const WEBHOOK_SECRET: &str = "whsec_payments_service_tests";
@@ -51,15 +46,17 @@ pub fn settings() -> Settings {
     }
 }
 
-/// A running payments service plus what a test needs around it.
-pub struct Harness {
-    pub app: TestApp,
-    /// The test's own connection to the service's stream, to publish order
-    /// events and read what the service published.
-    pub bus: Bus,
-    /// The service's database.
-    pub db: Database,
-    pub settings: Settings,
+/// A running payments service plus what a test needs around it (the kit's
+/// [`testkit::Harness`]: `app`, `bus` — to publish order events and read
+/// what the service published —, `db`, `settings`).
+pub struct Harness(testkit::Harness<Settings>);
+
+impl std::ops::Deref for Harness {
+    type Target = testkit::Harness<Settings>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Harness {
@@ -70,18 +67,8 @@ impl Harness {
 
     /// A service with these settings (a restart: the same database and bus).
     pub async fn spawn_with(settings: Settings) -> Harness {
-        let app = Application::build(settings.clone())
-            .await
-            .expect("payments failed to start");
-        let app = testkit::start(app.port(), |stop| app.run_until(stop));
-        Harness {
-            app,
-            bus: connect_bus(settings.bus.clone()).await,
-            db: common::mongo::connect(&settings.mongo_uri, "payments")
-                .await
-                .expect("bad MongoDB URI"),
-            settings,
-        }
+        let (uri, bus) = (settings.mongo_uri.clone(), settings.bus.clone());
+        Harness(testkit::Harness::start("payments", &uri, &bus, settings, Application::build).await)
     }
 
     /// Publishes `order.created` for a new order of `user_id` at `price`, and
@@ -217,11 +204,6 @@ impl Harness {
             .await
             .expect("read payments")
     }
-}
-
-/// A bus connection to `config`'s namespace (creates the stream if needed).
-pub async fn connect_bus(config: BusConfig) -> Bus {
-    Bus::connect(config).await.expect("connect to NATS")
 }
 
 /// `order.created` as the orders service publishes it.

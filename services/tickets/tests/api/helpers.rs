@@ -1,12 +1,9 @@
 //! The tickets service under test, and what tests do with it.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{
-    bus::{Bus, BusConfig},
+    bus::BusConfig,
     config::Secret,
     events::{Event, OrderCancelled, OrderCreated, OrderTicket},
     money::Money,
@@ -14,10 +11,8 @@ use common::{
 };
 use mongodb::bson::oid::ObjectId;
 use serde_json::{Value, json};
-use testkit::{Reply, TestApp};
+use testkit::{Harness, Reply};
 use tickets::{Application, Settings, store::Tickets};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Where one test's service keeps its state: a database and a bus namespace.
 #[derive(Debug, Clone)]
@@ -49,15 +44,21 @@ impl Namespace {
 }
 
 /// A running tickets service plus the test's own clients of its database and
-/// bus namespace.
+/// bus namespace (the kit's [`Harness`]: `app`, `bus`, `db`, `settings`).
 pub struct TestTickets {
-    pub app: TestApp,
-    /// The test's own connection to the namespace (publishes orders' events,
-    /// reads what tickets published).
-    pub bus: Bus,
-    /// Direct access to the service's database, for what HTTP does not show.
+    harness: Harness<Settings>,
+    /// The tickets store on the service's database, for what HTTP does not
+    /// show. Its relay does not run: the service's own relay publishes what
+    /// it writes.
     pub store: Tickets,
-    running: JoinHandle<anyhow::Result<()>>,
+}
+
+impl std::ops::Deref for TestTickets {
+    type Target = Harness<Settings>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.harness
+    }
 }
 
 /// A tickets service in a fresh namespace.
@@ -83,43 +84,23 @@ pub async fn spawn_in(ns: Namespace, outbox_relay: bool) -> TestTickets {
 }
 
 async fn spawn_settings(ns: Namespace, settings: Settings) -> TestTickets {
-    let app = Application::build(settings)
-        .await
-        .expect("tickets failed to start");
-    let port = app.port();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(app.run_until(shutdown.clone()));
-    let bus = Bus::connect(ns.bus.clone().with_connection_name("tickets-test"))
-        .await
-        .expect("test bus failed to connect");
-    // A store on the service's database whose relay does not run: the
-    // service's own relay publishes what it writes.
-    let db = testkit_database(&ns.mongo_uri).await;
-    let (_relay, outbox) = Relay::new(bus.clone(), Tickets::raw_collection(&db));
-    let store = Tickets::new(db, outbox);
-    TestTickets {
-        app: TestApp::new(SocketAddr::from(([127, 0, 0, 1], port)), shutdown),
-        bus,
-        store,
-        running,
-    }
-}
-
-async fn testkit_database(uri: &str) -> mongodb::Database {
-    common::mongo::connect(uri, "tickets")
-        .await
-        .expect("bad MongoDB URI")
+    let harness = Harness::start(
+        "tickets",
+        &ns.mongo_uri,
+        &ns.bus,
+        settings,
+        Application::build,
+    )
+    .await;
+    let (_relay, outbox) = Relay::new(harness.bus.clone(), Tickets::raw_collection(&harness.db));
+    let store = Tickets::new(harness.db.clone(), outbox);
+    TestTickets { harness, store }
 }
 
 impl TestTickets {
     /// Stops the service and waits until it has.
     pub async fn stop(self) {
-        self.app.shutdown().cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.running)
-            .await
-            .expect("tickets did not stop within 30s")
-            .expect("tickets panicked")
-            .expect("tickets stopped with an error");
+        self.harness.stop().await
     }
 
     /// `POST /api/tickets`, asserting 201; the ticket as returned.
