@@ -607,6 +607,9 @@ pub async fn verify(
     }
 }
 
+/// One round of checks of the fleet against the stories, in named steps;
+/// `order_unordered` adds the last one (ordering the tickets no story
+/// ordered), which changes the fleet and so runs only once all else agrees.
 async fn check(
     stack: &Stack,
     client: &Client,
@@ -619,32 +622,85 @@ async fn check(
         stories: stories.len(),
         ..Verdict::default()
     };
-    let problems = &mut verdict.problems;
+    unfinished_stories(stories, &mut verdict);
+    let Some(mut unordered) = lost_creates_found(client, stories, &mut verdict).await else {
+        return verdict;
+    };
+    let orders_by_ticket = orders_by_ticket(client, buyers, &mut verdict).await;
+    let mut settled = Settled::default();
+    for story in stories {
+        check_story(
+            client,
+            story,
+            &orders_by_ticket,
+            &mut settled,
+            &mut unordered,
+            &mut verdict,
+        )
+        .await;
+    }
+    if !verdict.problems.is_empty() {
+        return verdict;
+    }
+    payments_agree(client, buyers, &settled, &mut verdict).await;
+    let undecided: HashSet<&str> = stories
+        .iter()
+        .filter(|s| s.fate == Some(Fate::Undecided))
+        .filter_map(|s| s.order_id.as_deref())
+        .collect();
+    stripe_charged_once(stack, &settled.paid, &undecided, &mut verdict).await;
+    stripe_refunded_once(stack, &mut verdict).await;
+    if order_unordered && verdict.problems.is_empty() {
+        unordered_tickets_are_orderable(client, seller, &unordered, &mut verdict.problems).await;
+    }
+    verdict
+}
+
+/// The orders the stories settled: paid ones, and each one's buyer, id,
+/// status and label for the payments check.
+#[derive(Default)]
+struct Settled {
+    paid: HashSet<String>,
+    orders: Vec<(usize, String, String, String)>,
+}
+
+/// A story whose client gave up is a problem of its own.
+fn unfinished_stories(stories: &[Story], verdict: &mut Verdict) {
     for story in stories {
         if let Some(failure) = &story.failure {
-            problems.push(format!(
+            verdict.problems.push(format!(
                 "story {} ({}): the client could not finish: {failure}",
                 story.n, story.phase
             ));
         }
     }
+}
 
-    // Lost creates: the ticket exists (unreserved, with its title) or not.
+/// Lost creates: the ticket exists (unreserved, with its title) or not.
+/// The tickets found are returned as unordered (id, phase); `None` when the
+/// list could not be read.
+async fn lost_creates_found(
+    client: &Client,
+    stories: &[Story],
+    verdict: &mut Verdict,
+) -> Option<Vec<(String, String)>> {
     let listed = match client
         .send(Method::GET, "/api/tickets?limit=500", None, None)
         .await
     {
         Ok(reply) if reply.status == 200 => reply.body.as_array().cloned().unwrap_or_default(),
         other => {
-            problems.push(format!("GET /api/tickets: {other:?}"));
-            return verdict;
+            verdict
+                .problems
+                .push(format!("GET /api/tickets: {other:?}"));
+            return None;
         }
     };
     let by_title: HashMap<&str, &Value> = listed
         .iter()
         .filter_map(|t| Some((t["title"].as_str()?, t)))
         .collect();
-    let mut unordered: Vec<(String, String)> = Vec::new();
+    let mut unordered = Vec::new();
     for story in stories.iter().filter(|s| s.create_lost) {
         if let Some(ticket) = by_title.get(story.title.as_str()) {
             verdict.lost_creates_found += 1;
@@ -653,8 +709,15 @@ async fn check(
             }
         }
     }
+    Some(unordered)
+}
 
-    // Every buyer's orders, by ticket.
+/// Every buyer's orders, by ticket.
+async fn orders_by_ticket(
+    client: &Client,
+    buyers: &[User],
+    verdict: &mut Verdict,
+) -> HashMap<String, Vec<Value>> {
     let mut orders_by_ticket: HashMap<String, Vec<Value>> = HashMap::new();
     for buyer in buyers {
         match client
@@ -674,221 +737,240 @@ async fn check(
                         .push(order.clone());
                 }
             }
-            other => problems.push(format!("GET /api/orders: {other:?}")),
+            other => verdict.problems.push(format!("GET /api/orders: {other:?}")),
         }
     }
+    orders_by_ticket
+}
 
-    let mut paid_orders = HashSet::new();
-    let undecided: HashSet<&str> = stories
-        .iter()
-        .filter(|s| s.fate == Some(Fate::Undecided))
-        .filter_map(|s| s.order_id.as_deref())
-        .collect();
-    let mut settled_orders = Vec::new();
-    for story in stories {
-        let Some(ticket_id) = &story.ticket_id else {
-            continue;
-        };
-        verdict.tickets += 1;
-        let label = format!("story {} ({}), ticket {ticket_id}", story.n, story.phase);
-        let ticket = match client
-            .send(
-                Method::GET,
-                &format!("/api/tickets/{ticket_id}"),
-                None,
-                None,
-            )
-            .await
-        {
-            Ok(reply) if reply.status == 200 => reply.body,
-            other => {
-                problems.push(format!("{label}: GET /api/tickets/:id → {other:?}"));
-                continue;
-            }
-        };
-        if ticket["price"].as_f64() != Some(story.price) {
-            problems.push(format!(
-                "{label}: tickets has price {} instead of {}",
-                ticket["price"], story.price
-            ));
+/// One story against the fleet: its ticket's price, exactly its one order,
+/// in the state its client was told, with the ticket's version in the
+/// orders replica and the ticket held by a paid order only.
+async fn check_story(
+    client: &Client,
+    story: &Story,
+    orders_by_ticket: &HashMap<String, Vec<Value>>,
+    settled: &mut Settled,
+    unordered: &mut Vec<(String, String)>,
+    verdict: &mut Verdict,
+) {
+    let Some(ticket_id) = &story.ticket_id else {
+        return;
+    };
+    verdict.tickets += 1;
+    let problems = &mut verdict.problems;
+    let label = format!("story {} ({}), ticket {ticket_id}", story.n, story.phase);
+    let path = format!("/api/tickets/{ticket_id}");
+    let ticket = match client.send(Method::GET, &path, None, None).await {
+        Ok(reply) if reply.status == 200 => reply.body,
+        other => {
+            problems.push(format!("{label}: GET /api/tickets/:id → {other:?}"));
+            return;
         }
-        let orders = orders_by_ticket.get(ticket_id).cloned().unwrap_or_default();
-        let Some(order_id) = &story.order_id else {
-            if orders.is_empty() && story.failure.is_none() {
-                unordered.push((ticket_id.clone(), story.phase.clone()));
-            }
-            continue;
-        };
-        if orders.len() != 1 {
-            problems.push(format!(
-                "{label}: {} orders instead of exactly 1: {orders:?}",
-                orders.len()
-            ));
-            continue;
-        }
-        let order = &orders[0];
-        if order["id"] != order_id.as_str() {
-            problems.push(format!(
-                "{label}: the order is {} instead of {order_id}",
-                order["id"]
-            ));
-            continue;
-        }
-        let status = order["status"].as_str().unwrap_or("");
-        let expected = match story.fate {
-            Some(Fate::Paid) => Some("complete"),
-            Some(Fate::Cancelled | Fate::Expire) => Some("cancelled"),
-            Some(Fate::Undecided) | None => None,
-        };
-        if let Some(expected) = expected
-            && status != expected
-        {
-            problems.push(format!(
-                "{label}: order {order_id} is {status}, expected {expected} ({:?}, expires {:?})",
-                story.fate, story.expires_at
-            ));
-            continue;
-        }
-        if order["ticket"]["price"] != ticket["price"]
-            || order["ticket"]["version"] != ticket["version"]
-        {
-            problems.push(format!(
-                "{label}: the orders replica has price {} v{}, tickets has {} v{}",
-                order["ticket"]["price"],
-                order["ticket"]["version"],
-                ticket["price"],
-                ticket["version"]
-            ));
-        }
-        let holder = ticket["orderId"].as_str();
-        match status {
-            "complete" => {
-                verdict.complete += 1;
-                paid_orders.insert(order_id.clone());
-                if holder != Some(order_id.as_str()) {
-                    problems.push(format!(
-                        "{label}: paid order {order_id}, but the ticket is held by {holder:?}"
-                    ));
-                }
-            }
-            "cancelled" => {
-                verdict.cancelled += 1;
-                if holder.is_some() {
-                    problems.push(format!(
-                        "{label}: cancelled order, but the ticket is still held by {holder:?}"
-                    ));
-                }
-            }
-            other => problems.push(format!("{label}: order {order_id} still {other}")),
-        }
-        settled_orders.push((story.buyer, order_id.clone(), status.to_owned(), label));
+    };
+    if ticket["price"].as_f64() != Some(story.price) {
+        problems.push(format!(
+            "{label}: tickets has price {} instead of {}",
+            ticket["price"], story.price
+        ));
     }
-    if !problems.is_empty() {
-        return verdict;
+    let orders = orders_by_ticket.get(ticket_id).cloned().unwrap_or_default();
+    let Some(order_id) = &story.order_id else {
+        if orders.is_empty() && story.failure.is_none() {
+            unordered.push((ticket_id.clone(), story.phase.clone()));
+        }
+        return;
+    };
+    if orders.len() != 1 {
+        problems.push(format!(
+            "{label}: {} orders instead of exactly 1: {orders:?}",
+            orders.len()
+        ));
+        return;
     }
+    let order = &orders[0];
+    if order["id"] != order_id.as_str() {
+        problems.push(format!(
+            "{label}: the order is {} instead of {order_id}",
+            order["id"]
+        ));
+        return;
+    }
+    let status = order["status"].as_str().unwrap_or("");
+    let expected = match story.fate {
+        Some(Fate::Paid) => Some("complete"),
+        Some(Fate::Cancelled | Fate::Expire) => Some("cancelled"),
+        Some(Fate::Undecided) | None => None,
+    };
+    if let Some(expected) = expected
+        && status != expected
+    {
+        problems.push(format!(
+            "{label}: order {order_id} is {status}, expected {expected} ({:?}, expires {:?})",
+            story.fate, story.expires_at
+        ));
+        return;
+    }
+    if order["ticket"]["price"] != ticket["price"]
+        || order["ticket"]["version"] != ticket["version"]
+    {
+        problems.push(format!(
+            "{label}: the orders replica has price {} v{}, tickets has {} v{}",
+            order["ticket"]["price"],
+            order["ticket"]["version"],
+            ticket["price"],
+            ticket["version"]
+        ));
+    }
+    let holder = ticket["orderId"].as_str();
+    match status {
+        "complete" => {
+            verdict.complete += 1;
+            settled.paid.insert(order_id.clone());
+            if holder != Some(order_id.as_str()) {
+                problems.push(format!(
+                    "{label}: paid order {order_id}, but the ticket is held by {holder:?}"
+                ));
+            }
+        }
+        "cancelled" => {
+            verdict.cancelled += 1;
+            if holder.is_some() {
+                problems.push(format!(
+                    "{label}: cancelled order, but the ticket is still held by {holder:?}"
+                ));
+            }
+        }
+        other => problems.push(format!("{label}: order {order_id} still {other}")),
+    }
+    settled
+        .orders
+        .push((story.buyer, order_id.clone(), status.to_owned(), label));
+}
 
-    // Payments' replica of each order: a probe with a card that is always
-    // declined tells what payments believes without ever charging.
-    for (buyer, order_id, status, label) in &settled_orders {
+/// Payments' replica of each settled order: a probe with a card that is
+/// always declined tells what payments believes without ever charging.
+async fn payments_agree(
+    client: &Client,
+    buyers: &[User],
+    settled: &Settled,
+    verdict: &mut Verdict,
+) {
+    for (buyer, order_id, status, label) in &settled.orders {
         let expected = if status == "complete" {
             "Order is already paid"
         } else {
             "Cannot pay for a cancelled order"
         };
+        let probe = json!({"token": "tok_chargeDeclined", "orderId": order_id});
         match client
-            .send(Method::POST, "/api/payments", Some(&buyers[*buyer]), Some(json!({"token": "tok_chargeDeclined", "orderId": order_id})))
+            .send(Method::POST, "/api/payments", Some(&buyers[*buyer]), Some(probe))
             .await
         {
             Ok(reply) if reply.status == 400 && reply.message() == expected => {}
-            other => problems.push(format!("{label}: payments should answer {expected:?} for {status} order {order_id}, got {other:?}")),
+            other => verdict.problems.push(format!(
+                "{label}: payments should answer {expected:?} for {status} order {order_id}, got {other:?}"
+            )),
         }
     }
+}
 
-    // Stripe: one successful charge per paid order, none for any other; money
-    // that arrived for a cancelled order refunded, exactly once.
-    match charges(stack).await {
-        Ok(charges) => {
-            let mut per_order: HashMap<String, usize> = HashMap::new();
-            for (order, refunded) in charges {
-                if refunded {
-                    if paid_orders.contains(&order) {
-                        problems.push(format!("paid order {order} was refunded"));
-                    }
-                    continue;
-                }
-                *per_order.entry(order).or_default() += 1;
+/// Stripe: one successful charge per paid order, none for any other (an
+/// undecided story's order may have either); a paid order never refunded.
+async fn stripe_charged_once(
+    stack: &Stack,
+    paid: &HashSet<String>,
+    undecided: &HashSet<&str>,
+    verdict: &mut Verdict,
+) {
+    let problems = &mut verdict.problems;
+    let charges = match charges(stack).await {
+        Ok(charges) => charges,
+        Err(error) => return problems.push(format!("listing Stripe charges: {error}")),
+    };
+    let mut per_order: HashMap<String, usize> = HashMap::new();
+    for (order, refunded) in charges {
+        if refunded {
+            if paid.contains(&order) {
+                problems.push(format!("paid order {order} was refunded"));
             }
-            verdict.charges = per_order.values().sum();
-            for (order, n) in &per_order {
-                if *n > 1 {
-                    problems.push(format!("order {order} was charged {n} times"));
-                }
-                if !paid_orders.contains(order) && !undecided.contains(order.as_str()) {
-                    problems.push(format!("order {order} was charged but is not complete"));
-                }
-            }
-            for order in &paid_orders {
-                if !per_order.contains_key(order) {
-                    problems.push(format!("paid order {order} has no charge at Stripe"));
-                }
-            }
+            continue;
         }
-        Err(error) => problems.push(format!("listing Stripe charges: {error}")),
+        *per_order.entry(order).or_default() += 1;
     }
-    match stripe_list(stack, "refunds").await {
-        Ok(refunds) => {
-            let mut per_intent: HashMap<String, usize> = HashMap::new();
-            for refund in refunds {
-                let intent = refund["payment_intent"]
-                    .as_str()
-                    .unwrap_or("<none>")
-                    .to_owned();
-                *per_intent.entry(intent).or_default() += 1;
-            }
-            for (intent, n) in per_intent {
-                if n > 1 {
-                    problems.push(format!("intent {intent} was refunded {n} times"));
-                }
-            }
+    verdict.charges = per_order.values().sum();
+    for (order, n) in &per_order {
+        if *n > 1 {
+            problems.push(format!("order {order} was charged {n} times"));
         }
-        Err(error) => problems.push(format!("listing Stripe refunds: {error}")),
+        if !paid.contains(order) && !undecided.contains(order.as_str()) {
+            problems.push(format!("order {order} was charged but is not complete"));
+        }
     }
+    for order in paid {
+        if !per_order.contains_key(order) {
+            problems.push(format!("paid order {order} has no charge at Stripe"));
+        }
+    }
+}
 
-    if order_unordered && problems.is_empty() {
-        for (ticket_id, phase) in &unordered {
-            let label = format!("unordered ticket {ticket_id} ({phase})");
-            let ticket = client
-                .send(
-                    Method::GET,
-                    &format!("/api/tickets/{ticket_id}"),
-                    None,
-                    None,
-                )
-                .await;
-            let order = client
-                .send(
-                    Method::POST,
-                    "/api/orders",
-                    Some(seller),
-                    Some(json!({"ticketId": ticket_id})),
-                )
-                .await;
-            match (ticket, order) {
-                (Ok(t), Ok(o)) if o.status == 201 => {
-                    if o.body["ticket"]["price"] != t.body["price"]
-                        || o.body["ticket"]["version"] != t.body["version"]
-                    {
-                        problems.push(format!(
-                            "{label}: replica {} vs tickets {}",
-                            o.body["ticket"], t.body
-                        ));
-                    }
-                }
-                other => problems.push(format!("{label}: not orderable: {other:?}")),
-            }
+/// Money that arrived for a cancelled order is refunded exactly once.
+async fn stripe_refunded_once(stack: &Stack, verdict: &mut Verdict) {
+    let refunds = match stripe_list(stack, "refunds").await {
+        Ok(refunds) => refunds,
+        Err(error) => {
+            return verdict
+                .problems
+                .push(format!("listing Stripe refunds: {error}"));
+        }
+    };
+    let mut per_intent: HashMap<String, usize> = HashMap::new();
+    for refund in refunds {
+        let intent = refund["payment_intent"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_owned();
+        *per_intent.entry(intent).or_default() += 1;
+    }
+    for (intent, n) in per_intent {
+        if n > 1 {
+            verdict
+                .problems
+                .push(format!("intent {intent} was refunded {n} times"));
         }
     }
-    verdict
+}
+
+/// Orders each ticket no story ordered, to read its replica in orders: it
+/// must be orderable at the price and version tickets has.
+async fn unordered_tickets_are_orderable(
+    client: &Client,
+    seller: &User,
+    unordered: &[(String, String)],
+    problems: &mut Vec<String>,
+) {
+    for (ticket_id, phase) in unordered {
+        let label = format!("unordered ticket {ticket_id} ({phase})");
+        let path = format!("/api/tickets/{ticket_id}");
+        let ticket = client.send(Method::GET, &path, None, None).await;
+        let body = json!({"ticketId": ticket_id});
+        let order = client
+            .send(Method::POST, "/api/orders", Some(seller), Some(body))
+            .await;
+        match (ticket, order) {
+            (Ok(t), Ok(o)) if o.status == 201 => {
+                if o.body["ticket"]["price"] != t.body["price"]
+                    || o.body["ticket"]["version"] != t.body["version"]
+                {
+                    problems.push(format!(
+                        "{label}: replica {} vs tickets {}",
+                        o.body["ticket"], t.body
+                    ));
+                }
+            }
+            other => problems.push(format!("{label}: not orderable: {other:?}")),
+        }
+    }
 }
 
 /// The order id (`metadata[orderId]`) of every successful charge at the

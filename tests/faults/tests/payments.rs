@@ -147,6 +147,16 @@ async fn open(client: &Client, buyer: &User, order_id: &str) -> Value {
     panic!("payments never opened a payment for {order_id}");
 }
 
+/// Makes the Stripe fake hold back `method path` for `seconds` (its answer,
+/// or with `before` the request itself).
+async fn hold(stack: &Stack, method: &str, path: &str, seconds: &str, before: bool) {
+    let mut form = vec![("method", method), ("path", path), ("seconds", seconds)];
+    if before {
+        form.push(("when", "before"));
+    }
+    stripe(stack, Method::POST, "_fake/hold", &form).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() {
     let mut stack = Stack::start(&["auth", "tickets", "orders", "payments"], &[])
@@ -157,45 +167,46 @@ async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() 
     let seller = client.signup(&format!("seller-{run}@payfaults.test")).await;
     let buyer = client.signup(&format!("buyer-{run}@payfaults.test")).await;
 
-    // 1. Killed between Stripe's answer and our write.
-    let order_id = an_order(&client, &seller, &buyer).await;
-    // Let payments replicate the order before holding Stripe's answer.
-    let first = open(&client, &buyer, &order_id).await;
+    let legacy_order = an_order(&client, &seller, &buyer).await;
+    // Let payments replicate the order before holding Stripe's answers.
+    let first = open(&client, &buyer, &legacy_order).await;
     assert_eq!(
         first["paymentIntentId"]
             .as_str()
             .map(|i| i.starts_with("pi_")),
         Some(true)
     );
-    let second_order = an_order(&client, &seller, &buyer).await;
-    stripe(
-        &stack,
-        Method::POST,
-        "_fake/hold",
-        &[
-            ("method", "POST"),
-            ("path", "/v1/payment_intents"),
-            ("seconds", "30"),
-        ],
-    )
-    .await;
+    let order = an_order(&client, &seller, &buyer).await;
+    let intent =
+        killed_between_stripes_answer_and_our_write(&mut stack, &client, &buyer, &order).await;
+    killed_while_the_success_webhook_is_sent(&mut stack, &client, &buyer, &order, &intent).await;
+    killed_right_after_a_legacy_payment(&mut stack, &client, &buyer, &legacy_order).await;
+    nothing_doubled_nothing_refunded(&stack, &client, &buyer, &[&legacy_order, &order]).await;
+    killed_while_refunding_late_money(&mut stack, &client, &seller, &buyer).await;
+    stack.stop().await.expect("the fleet stops");
+}
+
+/// 1. Killed between Stripe's answer and our write: the retry after the
+///    restart finds the one intent Stripe made. Returns its id.
+async fn killed_between_stripes_answer_and_our_write(
+    stack: &mut Stack,
+    client: &Client,
+    buyer: &User,
+    order: &str,
+) -> String {
+    hold(stack, "POST", "/v1/payment_intents", "30", false).await;
     let in_flight = {
         let client = Client::new(stack.base_url());
-        let buyer = buyer.clone();
-        let order = second_order.clone();
+        let (buyer, order) = (buyer.clone(), order.to_owned());
         tokio::spawn(async move {
+            let body = json!({"orderId": order});
             client
-                .send(
-                    Method::POST,
-                    "/api/payments",
-                    Some(&buyer),
-                    Some(json!({"orderId": order})),
-                )
+                .send(Method::POST, "/api/payments", Some(&buyer), Some(body))
                 .await
         })
     };
     let created = testkit::eventually(Duration::from_secs(10), || async {
-        (intents_for(&stack, &second_order).await.len() == 1).then_some(())
+        (intents_for(stack, order).await.len() == 1).then_some(())
     })
     .await;
     assert!(created.is_some(), "Stripe never got the intent request");
@@ -214,23 +225,32 @@ async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() 
         .start_service("payments")
         .await
         .expect("payments restarts");
-    let retried = open(&client, &buyer, &second_order).await;
-    let intents = intents_for(&stack, &second_order).await;
+    let retried = open(client, buyer, order).await;
+    let intents = intents_for(stack, order).await;
     assert_eq!(intents.len(), 1, "one intent: {intents:?}");
     assert_eq!(retried["paymentIntentId"], intents[0]["id"]);
+    retried["paymentIntentId"].as_str().unwrap().to_owned()
+}
 
-    // 2. Killed between a webhook's receipt and its ack: the success is sent
-    //    while payments dies; Stripe's retries land after the restart.
-    let intent_id = retried["paymentIntentId"].as_str().unwrap().to_owned();
+/// 2. Killed between a webhook's receipt and its ack: the success is sent
+///    while payments dies; Stripe's retries land after the restart.
+async fn killed_while_the_success_webhook_is_sent(
+    stack: &mut Stack,
+    client: &Client,
+    buyer: &User,
+    order: &str,
+    intent: &str,
+) {
     stack
         .fleet_mut()
         .kill_service("payments")
         .await
         .expect("kill -9");
+    let confirm = format!("v1/payment_intents/{intent}/confirm");
     let confirmed = stripe(
-        &stack,
+        stack,
         Method::POST,
-        &format!("v1/payment_intents/{intent_id}/confirm"),
+        &confirm,
         &[("payment_method", "pm_card_visa")],
     )
     .await;
@@ -241,96 +261,93 @@ async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() 
         .start_service("payments")
         .await
         .expect("payments restarts");
-    wait_complete(&client, &buyer, &second_order).await;
+    wait_complete(client, buyer, order).await;
+}
 
-    // The first order, paid by a legacy card while payments is killed right
-    // after: the success and its webhook are handled once.
+/// An order paid by a legacy card while payments is killed right after:
+/// the success and its webhook are handled once.
+async fn killed_right_after_a_legacy_payment(
+    stack: &mut Stack,
+    client: &Client,
+    buyer: &User,
+    order: &str,
+) {
+    let body = json!({"token": "tok_visa", "orderId": order});
     let paid = client
-        .send(
-            Method::POST,
-            "/api/payments",
-            Some(&buyer),
-            Some(json!({"token": "tok_visa", "orderId": order_id})),
-        )
+        .send(Method::POST, "/api/payments", Some(buyer), Some(body))
         .await
         .expect("payments answers");
     assert_eq!(paid.status, 201, "{:?}", paid.body);
-    kill_and_restart_payments(&mut stack).await;
-    wait_complete(&client, &buyer, &order_id).await;
+    kill_and_restart_payments(stack).await;
+    wait_complete(client, buyer, order).await;
+}
 
-    // Nothing doubled, nothing refunded.
-    for order in [&order_id, &second_order] {
-        let intents = intents_for(&stack, order).await;
+/// Each paid order has exactly one succeeded intent, nothing was refunded,
+/// and payments says `succeeded`.
+async fn nothing_doubled_nothing_refunded(
+    stack: &Stack,
+    client: &Client,
+    buyer: &User,
+    orders: &[&str],
+) {
+    for order in orders {
+        let intents = intents_for(stack, order).await;
         assert_eq!(intents.len(), 1, "{order}: {intents:?}");
         assert_eq!(intents[0]["status"], "succeeded");
+        let path = format!("/api/payments?orderId={order}");
+        let payments = client
+            .send(Method::GET, &path, Some(buyer), None)
+            .await
+            .expect("payments answers");
+        assert_eq!(
+            payments.body[0]["status"], "succeeded",
+            "{:?}",
+            payments.body
+        );
     }
-    let refunds = stripe(&stack, Method::GET, "v1/refunds", &[]).await;
+    let refunds = stripe(stack, Method::GET, "v1/refunds", &[]).await;
     assert_eq!(
         refunds["data"].as_array().map(Vec::len),
         Some(0),
         "{refunds}"
     );
-    let payments = client
-        .send(
-            Method::GET,
-            &format!("/api/payments?orderId={second_order}"),
-            Some(&buyer),
-            None,
-        )
-        .await
-        .expect("payments answers");
-    assert_eq!(
-        payments.body[0]["status"], "succeeded",
-        "{:?}",
-        payments.body
-    );
+}
 
-    // 3. Killed between a webhook's receipt and its ack, in the middle of
-    //    refunding money that arrived after the buyer cancelled.
-    let late_order = an_order(&client, &seller, &buyer).await;
-    let late = open(&client, &buyer, &late_order).await;
-    let late_intent = late["paymentIntentId"].as_str().unwrap().to_owned();
+/// 3. Killed between a webhook's receipt and its ack, in the middle of
+///    refunding money that arrived after the buyer cancelled: refunded at
+///    Stripe, not yet recorded, the delivery not acked; after the restart
+///    the refund is recorded — and made once.
+async fn killed_while_refunding_late_money(
+    stack: &mut Stack,
+    client: &Client,
+    seller: &User,
+    buyer: &User,
+) {
+    let order = an_order(client, seller, buyer).await;
+    let late = open(client, buyer, &order).await;
+    let intent = late["paymentIntentId"].as_str().unwrap().to_owned();
     // The cancel payments sends when the order is cancelled reaches Stripe
     // only after the buyer's bank has said yes (the success overtakes it).
-    stripe(
-        &stack,
-        Method::POST,
-        "_fake/hold",
-        &[
-            ("method", "POST"),
-            ("path", &format!("/v1/payment_intents/{late_intent}/cancel")),
-            ("seconds", "20"),
-            ("when", "before"),
-        ],
-    )
-    .await;
+    let cancel = format!("/v1/payment_intents/{intent}/cancel");
+    hold(stack, "POST", &cancel, "20", true).await;
     let cancelled = client
         .send(
             Method::DELETE,
-            &format!("/api/orders/{late_order}"),
-            Some(&buyer),
+            &format!("/api/orders/{order}"),
+            Some(buyer),
             None,
         )
         .await
         .expect("orders answers");
     assert_eq!(cancelled.status, 204, "{:?}", cancelled.body);
-    stripe(
-        &stack,
-        Method::POST,
-        "_fake/hold",
-        &[
-            ("method", "POST"),
-            ("path", "/v1/refunds"),
-            ("seconds", "30"),
-        ],
-    )
-    .await;
+    hold(stack, "POST", "/v1/refunds", "30", false).await;
     // Give payments the order.cancelled (its cancel is now held at Stripe).
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let confirm = format!("v1/payment_intents/{intent}/confirm");
     let confirmed = stripe(
-        &stack,
+        stack,
         Method::POST,
-        &format!("v1/payment_intents/{late_intent}/confirm"),
+        &confirm,
         &[("payment_method", "pm_card_visa")],
     )
     .await;
@@ -340,42 +357,33 @@ async fn payments_killed_around_stripe_and_webhooks_loses_and_doubles_nothing() 
             .as_array()
             .expect("a list")
             .iter()
-            .filter(|refund| refund["payment_intent"] == late_intent.as_str())
+            .filter(|refund| refund["payment_intent"] == intent.as_str())
             .cloned()
             .collect()
     };
     let refunded_at_stripe = testkit::eventually(Duration::from_secs(15), || async {
-        (!refunds_of(&stripe(&stack, Method::GET, "v1/refunds", &[]).await).is_empty())
-            .then_some(())
+        (!refunds_of(&stripe(stack, Method::GET, "v1/refunds", &[]).await).is_empty()).then_some(())
     })
     .await;
     assert!(
         refunded_at_stripe.is_some(),
         "the webhook never asked for the refund"
     );
-    kill_and_restart_payments(&mut stack).await;
+    kill_and_restart_payments(stack).await;
+    let path = format!("/api/payments?orderId={order}");
     let refunded = testkit::eventually(Duration::from_secs(30), || async {
         let listed = client
-            .send(
-                Method::GET,
-                &format!("/api/payments?orderId={late_order}"),
-                Some(&buyer),
-                None,
-            )
+            .send(Method::GET, &path, Some(buyer), None)
             .await
             .ok()?;
         (listed.body[0]["status"] == "refunded").then_some(())
     })
     .await;
     assert!(refunded.is_some(), "the late payment was never refunded");
-    assert_eq!(
-        order_status(&client, &buyer, &late_order).await,
-        "cancelled"
-    );
-    let all = stripe(&stack, Method::GET, "v1/refunds", &[]).await;
+    assert_eq!(order_status(client, buyer, &order).await, "cancelled");
+    let all = stripe(stack, Method::GET, "v1/refunds", &[]).await;
     let refunds = refunds_of(&all);
     assert_eq!(refunds.len(), 1, "one refund: {refunds:?}");
     assert_eq!(refunds[0]["amount"], 2500);
     assert_eq!(all["data"].as_array().map(Vec::len), Some(1), "{all}");
-    stack.stop().await.expect("the fleet stops");
 }
