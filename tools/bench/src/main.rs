@@ -149,6 +149,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The whole run, in named steps: start-up, the people and tickets the
+/// scenarios use, the routes (auth's, the reads, then the writes), the event
+/// scenarios, the races, the listing as the collection grows, memory.
 async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyhow::Result<Report> {
     let shape = Shape {
         connections: settings.connections,
@@ -165,56 +168,21 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
     let quiet = Quiet::connect(&infra.nats_url, &infra.mongo_uri).await?;
     quiet.settle(Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let services: Vec<(String, u32)> = stack
-        .fleet()
-        .names()
-        .filter_map(|name| Some((name.to_owned(), stack.fleet().pid(name)?)))
-        .collect();
-    let servers: Vec<(String, u32)> = ["nats", "mongo", "redis", "stripe"]
-        .iter()
-        .filter_map(|name| Some(((*name).to_owned(), stack.infra().pid(name)?)))
-        .collect();
-    let idle: Vec<(String, u32, u64)> = services
-        .iter()
-        .chain(&servers)
-        .filter_map(|(name, pid)| Some((name.clone(), *pid, system::memory_kib(*pid)?.0)))
-        .collect();
+    let idle = idle_memory(stack);
 
     progress(begun, "signing up users, listing the seed tickets");
-    let seller = api
-        .signup(&format!("bench-seller-{}@bench.test", std::process::id()))
-        .await?;
-    let buyers = api::signup_many(&api, "buyer", PIPELINES).await?;
-    let race_buyers = api::signup_many(&api, "racer", RACE_BUYERS).await?;
-    let seed: Vec<String> = futures::stream::iter(0..SEED_TICKETS)
-        .map(|i| {
-            let (api, seller) = (api.clone(), seller.clone());
-            async move {
-                let title = format!("seed {i}");
-                anyhow::Ok(
-                    api.create_ticket(&seller, &title, 10.0 + i as f64)
-                        .await?
-                        .id,
-                )
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let people = People::sign_up(&api).await?;
+    let seed = list_seed(&api, &people.seller).await?;
     quiet.settle(Duration::from_secs(60)).await?;
 
-    let canned = capture(&api, &seller, &buyers[0], &seed).await?;
+    let canned = capture(&api, &people.seller, &people.buyers[0], &seed).await?;
     let bare = BareFleet::start(canned).await?;
     let seed_ids: Vec<ObjectId> = seed
         .iter()
         .map(ObjectId::parse_str)
         .collect::<Result<_, _>>()?;
-    let floors = MongoFloors::connect(&infra.mongo_uri, seed_ids, seller.email.clone()).await?;
-
-    let cookie = HeaderValue::from_str(&seller.cookie)?;
-    let mut routes = Vec::new();
+    let floors =
+        MongoFloors::connect(&infra.mongo_uri, seed_ids, people.seller.email.clone()).await?;
     let runs = Runs {
         ingress,
         bare: bare.addr,
@@ -226,32 +194,152 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         },
         quiet: &quiet,
     };
+    let seller_cookie = HeaderValue::from_str(&people.seller.cookie)?;
 
+    let (mut routes, auth_signin_peak_mib) =
+        auth_routes(&runs, stack, &api, &seller_cookie, &floors, settings, begun).await?;
+    let (reads, limits) = ticket_reads(&runs, stack, &seed, &floors, begun).await?;
+    routes.extend(reads);
+    let (propagation, expiration) =
+        event_scenarios(&api, &people, &infra.nats_url, &quiet, settings, begun).await?;
+    let (concurrency, race) = contention_scenarios(&api, &people, &floors, &quiet, begun).await?;
+    let (created, pool) = post_tickets(&runs, &seller_cookie, &floors, begun).await?;
+    routes.push(created);
+    routes.push(post_orders(&runs, &pool, &people.buyers, &seed, &floors, begun).await?);
+    floors.clean_up().await;
+    drop(bare);
+
+    // Last: it leaves 100,000 tickets behind.
+    progress(begun, "GET /api/tickets as the collection grows");
+    runs.quiet.settle(Duration::from_secs(180)).await?;
+    let listing = listing::measure(&api, ingress, &infra.mongo_uri, shape, |what| {
+        progress(begun, what)
+    })
+    .await?;
+
+    let mut report = Report {
+        generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine: report::Machine::detect(mongo_flavor),
+        settings: settings.clone(),
+        fleet_start_seconds: 0.0,
+        total_seconds: 0.0,
+        routes,
+        propagation,
+        expiration,
+        concurrency,
+        race,
+        memory: memory_now(&idle),
+        startup,
+        orders_pool: pool.len(),
+        auth_signin_peak_mib,
+        targets: Vec::new(),
+        limits: Some(limits),
+        listing: Some(listing),
+    };
+    report.targets = targets::check(&report);
+    Ok(report)
+}
+
+/// Each service's and server's pid and resident set now (idle).
+fn idle_memory(stack: &Stack) -> Vec<(String, u32, u64)> {
+    let services = stack
+        .fleet()
+        .names()
+        .filter_map(|name| Some((name.to_owned(), stack.fleet().pid(name)?)));
+    let servers = ["nats", "mongo", "redis", "stripe"]
+        .iter()
+        .filter_map(|name| Some(((*name).to_owned(), stack.infra().pid(name)?)));
+    services
+        .chain(servers)
+        .filter_map(|(name, pid)| Some((name, pid, system::memory_kib(pid)?.0)))
+        .collect()
+}
+
+/// Each process's idle resident set beside its peak over the run.
+fn memory_now(idle: &[(String, u32, u64)]) -> Vec<Memory> {
+    idle.iter()
+        .map(|(name, pid, idle)| Memory {
+            process: name.clone(),
+            idle_mib: system::mib(*idle),
+            peak_mib: system::mib(system::memory_kib(*pid).map_or(0, |(_, peak)| peak)),
+        })
+        .collect()
+}
+
+/// The users the scenarios act as.
+struct People {
+    seller: User,
+    /// One per propagation pipeline.
+    buyers: Vec<User>,
+    /// The purchase race's.
+    race_buyers: Vec<User>,
+}
+
+impl People {
+    async fn sign_up(api: &Api) -> anyhow::Result<Self> {
+        let seller = api
+            .signup(&format!("bench-seller-{}@bench.test", std::process::id()))
+            .await?;
+        Ok(Self {
+            seller,
+            buyers: api::signup_many(api, "buyer", PIPELINES).await?,
+            race_buyers: api::signup_many(api, "racer", RACE_BUYERS).await?,
+        })
+    }
+}
+
+/// The seed tickets the reading routes read; their ids.
+async fn list_seed(api: &Api, seller: &User) -> anyhow::Result<Vec<String>> {
+    futures::stream::iter(0..SEED_TICKETS)
+        .map(|i| {
+            let (api, seller) = (api.clone(), seller.clone());
+            async move {
+                let title = format!("seed {i}");
+                let price = 10.0 + i as f64;
+                anyhow::Ok(api.create_ticket(&seller, &title, price).await?.id)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// auth's routes: who is signed in, sign-in (one account per connection:
+/// auth counts an account's attempts being checked as possible guesses, and
+/// a person does not sign in 32 times at once; auth's peak memory is read
+/// right after it), sign-up.
+async fn auth_routes(
+    runs: &Runs<'_>,
+    stack: &Stack,
+    api: &Api,
+    seller_cookie: &HeaderValue,
+    floors: &MongoFloors,
+    settings: &Settings,
+    begun: Instant,
+) -> anyhow::Result<(Vec<RouteResult>, Option<f64>)> {
     progress(begun, "GET /api/users/currentuser");
     let make: load::MakeRequest = {
-        let cookie = cookie.clone();
+        let cookie = seller_cookie.clone();
         Arc::new(move |_| Some(Req::get("/api/users/currentuser").cookie(&cookie)))
     };
-    routes.push(
-        route(
-            "GET /api/users/currentuser",
-            &runs,
-            make,
-            None,
-            load::status_is(200),
-            None,
-        )
-        .await?,
+    let status_200 = load::status_is(200);
+    let current_user = route(
+        "GET /api/users/currentuser",
+        runs,
+        make,
+        None,
+        status_200,
+        None,
     );
+    let mut routes = vec![current_user.await?];
 
     progress(
         begun,
         "POST /api/users/signin (auth's memory is read after it)",
     );
-    // One account per connection: auth counts an account's attempts being
-    // checked as possible guesses, and a person does not sign in 32 times at
-    // once.
-    let signers = api::signup_many(&api, "signin", settings.connections).await?;
+    let signers = api::signup_many(api, "signin", settings.connections).await?;
     let signins: Arc<Vec<Bytes>> = Arc::new(
         signers
             .iter()
@@ -261,30 +349,27 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
             .collect(),
     );
     let make: load::MakeRequest = Arc::new(move |connection| {
-        Some(Req::post(
-            "/api/users/signin",
-            signins[connection % signins.len()].clone(),
-        ))
+        let body = signins[connection % signins.len()].clone();
+        Some(Req::post("/api/users/signin", body))
     });
     let signin_runs = Runs {
         shape: Shape {
             duration: Duration::from_secs_f64(settings.signin_seconds),
             ..runs.shape
         },
-        ..runs
+        ..*runs
     };
-    routes.push(
-        route(
-            "POST /api/users/signin",
-            &signin_runs,
-            make,
-            None,
-            load::status_is(200),
-            Some(("find_one({email})", floors.find_user_by_email())),
-        )
-        .await?,
+    let floor = Some(("find_one({email})", floors.find_user_by_email()));
+    let signin = route(
+        "POST /api/users/signin",
+        &signin_runs,
+        make,
+        None,
+        load::status_is(200),
+        floor,
     );
-    let auth_signin_peak_mib = stack
+    routes.push(signin.await?);
+    let peak_mib = stack
         .fleet()
         .pid("auth")
         .and_then(system::memory_kib)
@@ -296,46 +381,54 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         let next = Arc::new(AtomicUsize::new(0));
         Arc::new(move |_| {
             let n = next.fetch_add(1, Ordering::Relaxed);
-            let body =
-                json!({"email": format!("signup-{run}-{n}@bench.test"), "password": api::PASSWORD});
+            let email = format!("signup-{run}-{n}@bench.test");
+            let body = json!({"email": email, "password": api::PASSWORD});
             Some(Req::post(
                 "/api/users/signup",
                 Bytes::from(body.to_string()),
             ))
         })
     };
-    routes.push(
-        route(
-            "POST /api/users/signup",
-            &runs,
-            make,
-            None,
-            load::status_is(201),
-            Some((
-                "find_one({email}) + insert_one(user), unique email",
-                floors.signup_user().await?,
-            )),
-        )
-        .await?,
+    let floor = Some((
+        "find_one({email}) + insert_one(user), unique email",
+        floors.signup_user().await?,
+    ));
+    let signup = route(
+        "POST /api/users/signup",
+        runs,
+        make,
+        None,
+        load::status_is(201),
+        floor,
     );
+    routes.push(signup.await?);
+    Ok((routes, peak_mib))
+}
 
+/// The reading routes of tickets, and the cost of the edge's limits on one.
+async fn ticket_reads(
+    runs: &Runs<'_>,
+    stack: &Stack,
+    seed: &[String],
+    floors: &MongoFloors,
+    begun: Instant,
+) -> anyhow::Result<(Vec<RouteResult>, limits::LimitsCost)> {
     progress(begun, "GET /api/tickets");
     let make: load::MakeRequest = Arc::new(|_| Some(Req::get("/api/tickets")));
     // The service reads limit + 1 to know whether there is a next page.
-    routes.push(
-        route(
-            "GET /api/tickets",
-            &runs,
-            make,
-            None,
-            load::status_is(200),
-            Some((
-                "find({orderId:null, withdrawn:null}).sort({_id:-1}).limit(101)",
-                floors.list_tickets(),
-            )),
-        )
-        .await?,
+    let floor = Some((
+        "find({orderId:null, withdrawn:null}).sort({_id:-1}).limit(101)",
+        floors.list_tickets(),
+    ));
+    let list = route(
+        "GET /api/tickets",
+        runs,
+        make,
+        None,
+        load::status_is(200),
+        floor,
     );
+    let mut routes = vec![list.await?];
 
     progress(begun, "GET /api/tickets/:id");
     let next = Arc::new(AtomicUsize::new(0));
@@ -345,25 +438,24 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         let i = next.fetch_add(1, Ordering::Relaxed);
         Some(Req::get(paths[i % paths.len()].clone()))
     });
-    routes.push(
-        route(
-            "GET /api/tickets/:id",
-            &runs,
-            Arc::clone(&make),
-            None,
-            load::status_is(200),
-            Some(("find_one({_id})", floors.find_ticket())),
-        )
-        .await?,
+    let floor = Some(("find_one({_id})", floors.find_ticket()));
+    let show = route(
+        "GET /api/tickets/:id",
+        runs,
+        Arc::clone(&make),
+        None,
+        load::status_is(200),
+        floor,
     );
+    routes.push(show.await?);
 
     progress(begun, "GET /api/tickets/:id with the limits off and on");
     let limits = limits::measure(
         "GET /api/tickets/:id",
-        ingress,
+        runs.ingress,
         stack.fleet().upstreams(),
-        shape,
-        &quiet,
+        runs.shape,
+        runs.quiet,
         make,
         load::status_is(200),
     )
@@ -372,36 +464,39 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         "bench           limits: off {:.0} req/s, on {:.0} req/s ({:.1} %)",
         limits.off_per_second, limits.on_per_second, limits.cost_percent
     );
+    Ok((routes, limits))
+}
 
+/// Tickets sold and ordered (created → orderable), those orders left to
+/// expire, then a new price for each ticket (PUT → price in orders).
+async fn event_scenarios(
+    api: &Api,
+    people: &People,
+    nats_url: &str,
+    quiet: &Quiet,
+    settings: &Settings,
+    begun: Instant,
+) -> anyhow::Result<(scenarios::Propagation, scenarios::Expiration)> {
+    let n = settings.propagation_tickets;
     progress(
         begun,
-        format!(
-            "event propagation: {} tickets sold and ordered",
-            settings.propagation_tickets
-        )
-        .as_str(),
+        &format!("event propagation: {n} tickets sold and ordered"),
     );
-    let watch = scenarios::BusWatch::start(&infra.nats_url).await?;
+    let watch = scenarios::BusWatch::start(nats_url).await?;
     let (sold, created, took) =
-        scenarios::propagate_created(&api, &seller, &buyers, settings.propagation_tickets).await?;
+        scenarios::propagate_created(api, &people.seller, &people.buyers, n).await?;
     progress(
         begun,
         "expiration: waiting for every one of those orders to expire",
     );
-    let expiration = scenarios::expiration(
-        &api,
-        &buyers,
-        &sold,
-        &watch,
-        settings.expiration_window_seconds,
-    )
-    .await?;
+    let window = settings.expiration_window_seconds;
+    let expiration = scenarios::expiration(api, &people.buyers, &sold, &watch, window).await?;
     quiet.settle(Duration::from_secs(120)).await?;
     progress(
         begun,
         "event propagation: a new price for each of those tickets",
     );
-    let updated = scenarios::propagate_updated(&api, &seller, &buyers, &sold).await?;
+    let updated = scenarios::propagate_updated(api, &people.seller, &people.buyers, &sold).await?;
     let propagation = scenarios::Propagation {
         tickets: sold.len(),
         pipelines: PIPELINES,
@@ -411,29 +506,44 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         poll_ms: scenarios::POLL.as_secs_f64() * 1000.0,
     };
     quiet.settle(Duration::from_secs(120)).await?;
+    Ok((propagation, expiration))
+}
 
+/// 400 clients creating and updating at once, then the purchase race (its
+/// orders cancelled again so that their expiry stays out of what follows).
+async fn contention_scenarios(
+    api: &Api,
+    people: &People,
+    floors: &MongoFloors,
+    quiet: &Quiet,
+    begun: Instant,
+) -> anyhow::Result<(scenarios::Concurrency, scenarios::Race)> {
     progress(
         begun,
         "the concurrency scenario: 400 clients create, update to 10, update to 15",
     );
-    let concurrency =
-        scenarios::concurrency(&api, &seller, &floors.orders_replica(), &quiet, CLIENTS).await?;
+    let replica = floors.orders_replica();
+    let concurrency = scenarios::concurrency(api, &people.seller, &replica, quiet, CLIENTS).await?;
     progress(begun, "the purchase race: 50 buyers for each of 20 tickets");
-    let (race, orders) = scenarios::race(&api, &seller, &race_buyers, &quiet, RACE_TICKETS).await?;
-    cancel_all(
-        &api,
-        orders
-            .into_iter()
-            .map(|(b, id)| (race_buyers[b].clone(), id))
-            .collect(),
-    )
-    .await?;
+    let racers = &people.race_buyers;
+    let (race, orders) = scenarios::race(api, &people.seller, racers, quiet, RACE_TICKETS).await?;
+    let orders = orders.into_iter().map(|(b, id)| (racers[b].clone(), id));
+    cancel_all(api, orders.collect()).await?;
     quiet.settle(Duration::from_secs(120)).await?;
+    Ok((concurrency, race))
+}
 
+/// POST /api/tickets; also the ids it created, for POST /api/orders.
+async fn post_tickets(
+    runs: &Runs<'_>,
+    seller_cookie: &HeaderValue,
+    floors: &MongoFloors,
+    begun: Instant,
+) -> anyhow::Result<(RouteResult, Vec<String>)> {
     progress(begun, "POST /api/tickets");
     let created_ids = Arc::new(Mutex::new(Vec::<String>::new()));
     let make: load::MakeRequest = {
-        let cookie = cookie.clone();
+        let cookie = seller_cookie.clone();
         let body = Bytes::from(json!({"title": "bench", "price": 25}).to_string());
         Arc::new(move |_| Some(Req::post("/api/tickets", body.clone()).cookie(&cookie)))
     };
@@ -455,31 +565,32 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
             true
         })
     };
-    routes.push(
-        route(
-            "POST /api/tickets",
-            &runs,
-            make,
-            None,
-            check,
-            Some(("insert_one(ticket + outbox)", floors.insert_ticket())),
-        )
-        .await?,
-    );
-    let replicated = quiet.settle(Duration::from_secs(180)).await?;
+    let floor = Some(("insert_one(ticket + outbox)", floors.insert_ticket()));
+    let result = route("POST /api/tickets", runs, make, None, check, floor).await?;
+    let replicated = runs.quiet.settle(Duration::from_secs(180)).await?;
     progress(
         begun,
-        format!(
+        &format!(
             "  (the orders replica caught up {:.1} s after the run)",
             replicated.as_secs_f64()
-        )
-        .as_str(),
+        ),
     );
+    let pool = std::mem::take(&mut *created_ids.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((result, pool))
+}
 
+/// POST /api/orders of the tickets `pool` holds, each once, by the buyers
+/// in turn.
+async fn post_orders(
+    runs: &Runs<'_>,
+    pool: &[String],
+    buyers: &[User],
+    seed: &[String],
+    floors: &MongoFloors,
+    begun: Instant,
+) -> anyhow::Result<RouteResult> {
     progress(begun, "POST /api/orders");
-    let pool: Arc<Vec<String>> = Arc::new(std::mem::take(
-        &mut *created_ids.lock().unwrap_or_else(|p| p.into_inner()),
-    ));
+    let pool: Arc<Vec<String>> = Arc::new(pool.to_vec());
     let cookies: Arc<Vec<HeaderValue>> = Arc::new(
         buyers
             .iter()
@@ -488,7 +599,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
     );
     let next = Arc::new(AtomicUsize::new(0));
     let make: load::MakeRequest = {
-        let (pool, cookies) = (Arc::clone(&pool), Arc::clone(&cookies));
+        let cookies = Arc::clone(&cookies);
         Arc::new(move |worker| {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let id = pool.get(i)?;
@@ -503,61 +614,19 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
             Some(Req::post("/api/orders", body.clone()).cookie(&cookies[worker % cookies.len()]))
         })
     };
-    routes.push(
-        route(
-            "POST /api/orders",
-            &runs,
-            make,
-            Some(bare_make),
-            load::status_is(201),
-            Some((
-                "find_one(replica) + find(buyer's slots) + insert_one(slot hold) + insert_one(ticket hold) + insert_one(order + outbox)",
-                floors.create_order(),
-            )),
-        )
-        .await?,
-    );
-    floors.clean_up().await;
-    drop(bare);
-
-    // Last: it leaves 100,000 tickets behind.
-    progress(begun, "GET /api/tickets as the collection grows");
-    runs.quiet.settle(Duration::from_secs(180)).await?;
-    let listing = listing::measure(&api, ingress, &infra.mongo_uri, shape, |what| {
-        progress(begun, what)
-    })
-    .await?;
-
-    let memory: Vec<Memory> = idle
-        .iter()
-        .map(|(name, pid, idle)| Memory {
-            process: name.clone(),
-            idle_mib: system::mib(*idle),
-            peak_mib: system::mib(system::memory_kib(*pid).map_or(0, |(_, peak)| peak)),
-        })
-        .collect();
-
-    let mut report = Report {
-        generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        machine: report::Machine::detect(mongo_flavor),
-        settings: settings.clone(),
-        fleet_start_seconds: 0.0,
-        total_seconds: 0.0,
-        routes,
-        propagation,
-        expiration,
-        concurrency,
-        race,
-        memory,
-        startup,
-        orders_pool: pool.len(),
-        auth_signin_peak_mib,
-        targets: Vec::new(),
-        limits: Some(limits),
-        listing: Some(listing),
-    };
-    report.targets = targets::check(&report);
-    Ok(report)
+    let floor = Some((
+        "find_one(replica) + find(buyer's slots) + insert_one(slot hold) + insert_one(ticket hold) + insert_one(order + outbox)",
+        floors.create_order(),
+    ));
+    route(
+        "POST /api/orders",
+        runs,
+        make,
+        Some(bare_make),
+        load::status_is(201),
+        floor,
+    )
+    .await
 }
 
 /// Where and how long the HTTP runs go.

@@ -164,6 +164,24 @@ fn pct(value: f64) -> String {
 
 pub fn markdown(r: &Report) -> String {
     let mut out = String::new();
+    let sections = [
+        header,
+        targets,
+        http,
+        propagation,
+        expiration,
+        contention,
+        extras,
+        memory,
+    ];
+    for section in sections {
+        section(&mut out, r);
+    }
+    out
+}
+
+/// The title, the machine and the run.
+fn header(out: &mut String, r: &Report) {
     let s = &r.settings;
     let m = &r.machine;
     let _ = writeln!(
@@ -186,7 +204,10 @@ pub fn markdown(r: &Report) -> String {
         r.fleet_start_seconds,
         r.total_seconds
     );
+}
 
+/// The targets, met or not.
+fn targets(out: &mut String, r: &Report) {
     if !r.targets.is_empty() {
         let met = r.targets.iter().filter(|t| t.met).count();
         let _ = writeln!(out, "**Targets** — {met} of {} met.\n", r.targets.len());
@@ -204,7 +225,11 @@ pub fn markdown(r: &Report) -> String {
         }
         let _ = writeln!(out);
     }
+}
 
+/// The routes through the ingress against their floors.
+fn http(out: &mut String, r: &Report) {
+    let s = &r.settings;
     let _ = writeln!(
         out,
         "**HTTP through the ingress** — {} connections, {:.0} s per run after {:.0} s of warm-up; latency in ms; \
@@ -270,7 +295,10 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(out, "- {} floor: `{}`", route.route, f.operation);
         }
     }
+}
 
+/// Event propagation.
+fn propagation(out: &mut String, r: &Report) {
     let p = &r.propagation;
     let _ = writeln!(
         out,
@@ -295,7 +323,10 @@ pub fn markdown(r: &Report) -> String {
         ms(p.updated.p99_ms),
         ms(p.updated.max_ms)
     );
+}
 
+/// Expiration accuracy.
+fn expiration(out: &mut String, r: &Report) {
     let e = &r.expiration;
     let _ = writeln!(
         out,
@@ -325,7 +356,10 @@ pub fn markdown(r: &Report) -> String {
         "\nNever seen cancelled on the bus: {}; not `cancelled` in GET /api/orders afterwards: {}.",
         e.missed, e.not_cancelled_in_api
     );
+}
 
+/// The concurrency scenario and the purchase race.
+fn contention(out: &mut String, r: &Report) {
     let c = &r.concurrency;
     let _ = writeln!(
         out,
@@ -358,13 +392,22 @@ pub fn markdown(r: &Report) -> String {
         race.orders_listed,
         race.tickets_with_one_order
     );
+}
+
+/// The cost of the limits and the listing as the collection grows.
+fn extras(out: &mut String, r: &Report) {
+    let s = &r.settings;
     if let Some(limits) = &r.limits {
         let _ = writeln!(out, "{}", crate::limits::render(limits));
     }
     if let Some(listing) = &r.listing {
         let _ = writeln!(out, "{}", crate::listing::render(listing, s.connections));
     }
+}
 
+/// Memory and start-up.
+fn memory(out: &mut String, r: &Report) {
+    let s = &r.settings;
     let _ = writeln!(
         out,
         "\n**Memory and start-up** — resident set (MiB) idle after start-up and at its peak (VmHWM) by the end; start-up = process start → first 200 on `/readyz`, infrastructure already up.{}\n",
@@ -392,5 +435,4 @@ pub fn markdown(r: &Report) -> String {
             mem.process, mem.idle_mib, mem.peak_mib, startup
         );
     }
-    out
 }
