@@ -6,6 +6,10 @@
 //! turned into its domain type; a handler then only ever holds the checked
 //! value.
 //!
+//! A handler takes the checked value with the [`Valid`] extractor: the
+//! body's wire shape is read as JSON (its rejections in the errors shape),
+//! then [`Checked::check`] turns it into the domain type.
+//!
 //! ```ignore
 //! let mut fields = Fields::default();
 //! let title = fields.check("title", title, "Title is required");
@@ -13,7 +17,38 @@
 //! fields.finish(title.zip(price).map(|(title, price)| NewTicket { title, price }))
 //! ```
 
-use crate::error::{Error, ErrorItem, Result};
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorItem, Json, Result};
+
+/// A domain value checked from a request body.
+pub trait Checked: Sized {
+    /// The body as it comes on the wire, read loosely (fields as JSON
+    /// values) so that a missing or mistyped field is an error on that field.
+    type Body: DeserializeOwned;
+
+    /// The value, or 400 with one error per bad field (see [`Fields`]).
+    fn check(body: Self::Body) -> Result<Self>;
+}
+
+/// Extracts a [`Checked`] value from a JSON body: a handler that takes
+/// `Valid(ticket): Valid<NewTicket>` holds a ticket that cannot be invalid.
+#[derive(Debug, Clone)]
+pub struct Valid<T>(pub T);
+
+impl<T, S> FromRequest<S> for Valid<T>
+where
+    T: Checked,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let Json(body) = Json::<T::Body>::from_request(req, state).await?;
+        T::check(body).map(Valid)
+    }
+}
 
 /// The field errors found so far (see the module docs).
 #[derive(Debug, Default)]

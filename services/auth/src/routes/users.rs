@@ -15,7 +15,7 @@ use common::{
     client::ClientIp,
     error::{ErrorBody, Json},
     session::{CurrentUser, Sessions, UserView},
-    validate::Fields,
+    validate::{Checked, Fields, Valid},
 };
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -48,9 +48,43 @@ struct Credentials {
     password: Value,
 }
 
+/// A sign-up's credentials: a valid email, normalised, and a password of
+/// [`PASSWORD_LENGTH`] once trimmed.
+struct SignUp {
+    email: String,
+    password: String,
+}
+
+/// A sign-in's credentials: a valid email, normalised, and a password.
+struct SignIn {
+    email: String,
+    password: String,
+}
+
+impl Checked for SignUp {
+    type Body = Credentials;
+
+    fn check(body: Credentials) -> Result<Self> {
+        let (email, password) = body.check(
+            |p| PASSWORD_LENGTH.contains(&p.chars().count()),
+            "Password must be between 8 and 128 characters",
+        )?;
+        Ok(Self { email, password })
+    }
+}
+
+impl Checked for SignIn {
+    type Body = Credentials;
+
+    fn check(body: Credentials) -> Result<Self> {
+        let (email, password) = body.check(|p| !p.is_empty(), "You must supply a password")?;
+        Ok(Self { email, password })
+    }
+}
+
 impl Credentials {
     /// The normalised email and trimmed password, or one error per bad field.
-    fn validate(
+    fn check(
         self,
         password_ok: impl Fn(&str) -> bool,
         password_message: &str,
@@ -108,12 +142,10 @@ const PASSWORD_LENGTH: std::ops::RangeInclusive<usize> = 8..=128;
     ),
 )]
 #[tracing::instrument(skip_all)]
-async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) -> Result<Response> {
-    let (email, password) = body.validate(
-        |p| PASSWORD_LENGTH.contains(&p.chars().count()),
-        "Password must be between 8 and 128 characters",
-    )?;
-
+async fn signup(
+    State(state): State<AppState>,
+    Valid(SignUp { email, password }): Valid<SignUp>,
+) -> Result<Response> {
     if state.users.find_by_email(&email).await?.is_some() {
         return Err(Error::bad_request("Email in use"));
     }
@@ -152,10 +184,8 @@ async fn signup(State(state): State<AppState>, Json(body): Json<Credentials>) ->
 async fn signin(
     State(state): State<AppState>,
     ClientIp(client): ClientIp,
-    Json(body): Json<Credentials>,
+    Valid(SignIn { email, password }): Valid<SignIn>,
 ) -> Result<Response> {
-    let (email, password) = body.validate(|p| !p.is_empty(), "You must supply a password")?;
-
     // Counted before anything about the account is looked at: the refusal
     // is the same, and as quick, for an email nobody has.
     let counted = match state.throttle.attempt(&email, &client.to_string()).await? {

@@ -31,7 +31,7 @@ use common::{
     events::OrderStatus,
     openapi,
     session::AuthUser,
-    validate::Fields,
+    validate::{Checked, Fields, Valid},
 };
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -67,22 +67,33 @@ struct NewPayment {
     order_id: Value,
 }
 
-impl NewPayment {
+/// What to pay, checked from a [`NewPayment`].
+#[derive(Debug)]
+struct PaymentRequest {
+    order_id: ObjectId,
+    /// A legacy card token to confirm with server-side, if one was given.
+    token: Option<String>,
+}
+
+impl Checked for PaymentRequest {
+    type Body = NewPayment;
+
     /// The order id and the card token if one was given, or one error per
     /// bad field.
-    fn validate(self) -> Result<(Option<String>, ObjectId)> {
+    fn check(body: NewPayment) -> Result<Self> {
         let mut fields = Fields::default();
-        let token = fields.take(match &self.token {
+        let token = fields.take(match &body.token {
             Value::Null => Ok(None),
             Value::String(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_owned())),
             _ => Err(ErrorItem::field("token", "Token must be provided")),
         });
-        let order_id = self
+        let order_id = body
             .order_id
             .as_str()
             .and_then(|id| ObjectId::parse_str(id.trim()).ok());
         let order_id = fields.check("orderId", order_id, "OrderId must be provided");
-        fields.finish(token.zip(order_id))
+        let request = token.zip(order_id);
+        fields.finish(request.map(|(token, order_id)| PaymentRequest { order_id, token }))
     }
 }
 
@@ -159,10 +170,8 @@ fn unavailable(source: anyhow::Error) -> Error {
 async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Json(body): Json<NewPayment>,
+    Valid(PaymentRequest { order_id, token }): Valid<PaymentRequest>,
 ) -> Result<(StatusCode, Json<PaymentView>)> {
-    let (token, order_id) = body.validate()?;
-
     let order = state.orders.find(order_id).await?.ok_or(Error::NotFound)?;
     if order.user_id != user.id {
         return Err(Error::NotAuthorized);
@@ -350,9 +359,8 @@ mod tests {
     use super::*;
 
     fn validate(body: Value) -> Result<(Option<String>, ObjectId)> {
-        serde_json::from_value::<NewPayment>(body)
-            .unwrap()
-            .validate()
+        let checked = PaymentRequest::check(serde_json::from_value::<NewPayment>(body).unwrap());
+        checked.map(|request| (request.token, request.order_id))
     }
 
     fn fields(result: Result<(Option<String>, ObjectId)>) -> Vec<String> {

@@ -20,7 +20,7 @@ use common::{
     money::Money,
     openapi,
     session::{AuthUser, CurrentUser},
-    validate::Fields,
+    validate::{Checked, Fields, Valid},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -139,21 +139,23 @@ struct TicketInput {
     face_value: Value,
 }
 
-/// A checked [`TicketInput`].
+/// A listing's fields, checked from a [`TicketInput`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ValidInput {
+struct NewTicket {
     title: String,
     price: Money,
     /// `None`: not given.
     face_value: Option<Money>,
 }
 
-impl TicketInput {
+impl Checked for NewTicket {
+    type Body = TicketInput;
+
     /// The trimmed title, the price and the face value, or one error per
     /// bad field.
-    fn validate(self) -> Result<ValidInput> {
+    fn check(input: TicketInput) -> Result<Self> {
         let mut fields = Fields::default();
-        let title = self
+        let title = input
             .title
             .as_str()
             .map(str::trim)
@@ -162,10 +164,10 @@ impl TicketInput {
         let title = fields.check("title", title, "Title is required");
         let price = fields.check(
             "price",
-            Money::parse_user_input(&self.price),
+            Money::parse_user_input(&input.price),
             "Price must be greater than 0",
         );
-        let face_value = match &self.face_value {
+        let face_value = match &input.face_value {
             Value::Null => Some(None),
             given => Money::parse_user_input(given).map(Some),
         };
@@ -174,7 +176,7 @@ impl TicketInput {
             title
                 .zip(price)
                 .zip(face_value)
-                .map(|((title, price), face_value)| ValidInput {
+                .map(|((title, price), face_value)| NewTicket {
                     title,
                     price,
                     face_value,
@@ -459,9 +461,8 @@ async fn show(State(state): State<AppState>, Id(id): Id) -> Result<Json<TicketVi
 async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Json(input): Json<TicketInput>,
+    Valid(input): Valid<NewTicket>,
 ) -> Result<(StatusCode, Json<TicketView>)> {
-    let input = input.validate()?;
     check_resale_cap(input.price, input.face_value, state.resale_cap_percent)?;
     let mut ticket = Ticket::new(input.title, input.price, user.id);
     ticket.face_value = input.face_value;
@@ -493,9 +494,8 @@ async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Id(id): Id,
-    Json(input): Json<TicketInput>,
+    Valid(input): Valid<NewTicket>,
 ) -> Result<Json<TicketView>> {
-    let input = input.validate()?;
     let outcome = state
         .tickets
         .modify(id, |ticket| {
@@ -591,10 +591,8 @@ mod tests {
 
     use super::*;
 
-    fn validate(body: Value) -> Result<ValidInput> {
-        serde_json::from_value::<TicketInput>(body)
-            .unwrap()
-            .validate()
+    fn validate(body: Value) -> Result<NewTicket> {
+        NewTicket::check(serde_json::from_value::<TicketInput>(body).unwrap())
     }
 
     fn fields<T: std::fmt::Debug>(result: Result<T>) -> Vec<String> {
