@@ -390,15 +390,7 @@ impl Reply {
 
     /// The messages of an `{"errors":[…]}` body.
     pub fn error_messages(&self) -> Vec<String> {
-        self.body["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["message"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        error_messages(&self.body)
     }
 
     /// The first error message, or `""` when the body has none.
@@ -436,4 +428,17 @@ impl Reply {
         );
         self
     }
+}
+
+/// The messages of an `{"errors":[…]}` body, in order (none if it is not one).
+pub fn error_messages(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -313,15 +313,7 @@ impl RawReply {
 
     /// The messages of an `{"errors":[…]}` body.
     pub fn messages(&self) -> Vec<String> {
-        self.json()["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["message"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        testkit::api::error_messages(&self.json())
     }
 
     /// Asserts a refusal: `status`, a JSON content type, and the fleet's
