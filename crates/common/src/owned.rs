@@ -11,8 +11,9 @@
 //!   change's conditions alone), which — as its [`Change`] says — bumps the
 //!   version and pushes the event in the same update, or neither
 //!   (bookkeeping that no other service follows). A lost race writes
-//!   nothing and returns `None`; the caller reads the record again and
-//!   decides again, within the bounded, jittered rounds of
+//!   nothing and returns `None`;
+//! - [`Owned::modify`]: read → decide → [`Owned::write`], and on a lost race
+//!   read and decide again, within the bounded, jittered rounds of
 //!   [`Owned::rounds`] ([`crate::cas`]), whose end is the fleet's one 409.
 //!
 //! So no service writes `version` or `outbox` itself, nor wakes the relay.
@@ -124,6 +125,29 @@ impl Change {
     }
 }
 
+/// What deciding on a record's current state comes to, in [`Owned::modify`].
+// Returned by value once per round and moved straight into the write: a
+// box would only add an allocation per write.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Step<R> {
+    /// Write this change, on the version it was decided on.
+    Write(Change),
+    /// Nothing to write: the answer is `R`.
+    Done(R),
+}
+
+/// How an [`Owned::modify`] ended.
+#[derive(Debug)]
+pub enum Modified<T, R> {
+    /// The change was written: the record as it is now.
+    Written(T),
+    /// The decision was to write nothing, with this answer.
+    Done(R),
+    /// There is no such record.
+    Missing,
+}
+
 /// The collection of a service's own records of type `T`.
 #[derive(Debug, Clone)]
 pub struct Owned<T: Send + Sync> {
@@ -143,6 +167,47 @@ impl<T: Versioned> Owned<T> {
             change.only_if(doc! { "version": current.version() }),
         )
         .await
+    }
+
+    /// Read → decide → compare-and-set, in the bounded rounds of
+    /// [`Owned::rounds`]: `decide` sees the record (`current` if the caller
+    /// has just read it, else what `read(id)` finds) and answers, or picks a
+    /// change that is written on the version it was decided on. A lost race
+    /// reads the record again and decides again; running out of rounds is
+    /// [`cas::Contended`], the fleet's 409.
+    ///
+    /// `decide` may run several times and must decide from the record it is
+    /// given only.
+    pub async fn modify<R, E, Fut>(
+        &self,
+        id: ObjectId,
+        mut current: Option<T>,
+        read: impl Fn(ObjectId) -> Fut,
+        mut decide: impl FnMut(&T) -> Result<Step<R>, E>,
+    ) -> Result<Modified<T, R>, E>
+    where
+        Fut: Future<Output = mongodb::error::Result<Option<T>>>,
+        E: From<mongodb::error::Error> + From<anyhow::Error> + From<cas::Contended>,
+    {
+        let mut rounds = self.rounds(id);
+        loop {
+            let record = match current.take() {
+                Some(record) => record,
+                None => match read(id).await? {
+                    Some(record) => record,
+                    None => return Ok(Modified::Missing),
+                },
+            };
+            match decide(&record)? {
+                Step::Done(answer) => return Ok(Modified::Done(answer)),
+                Step::Write(change) => {
+                    if let Some(written) = self.write(&record, change).await? {
+                        return Ok(Modified::Written(written));
+                    }
+                }
+            }
+            rounds.lost().await?;
+        }
     }
 }
 

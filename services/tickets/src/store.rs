@@ -48,7 +48,7 @@ use common::{
     money::Money,
     mongo::DuplicateKey as _,
     outbox::Outbox,
-    owned::{self, Owned, Record, Versioned},
+    owned::{self, Modified, Owned, Record, Step, Versioned},
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -501,24 +501,30 @@ impl Tickets {
     where
         E: From<mongodb::error::Error> + From<anyhow::Error> + From<Contended>,
     {
-        let mut rounds = self.owned.rounds(id);
-        loop {
-            let Some(current) = self.find(id).await? else {
-                return Ok(Outcome::Missing);
-            };
-            let Some(change) = decide(&current)? else {
-                return Ok(Outcome::Unchanged(current));
-            };
-            if let Some(next) = self.write(&current, &change).await? {
-                return Ok(Outcome::Changed(next));
-            }
-            rounds.lost().await?;
-        }
+        let modified = self
+            .owned
+            .modify(
+                id,
+                None,
+                |id| self.find(id),
+                |current| -> Result<_, E> {
+                    let Some(change) = decide(current)? else {
+                        return Ok(Step::Done(Outcome::Unchanged(current.clone())));
+                    };
+                    Ok(Self::step_for(current, &change)?)
+                },
+            )
+            .await?;
+        Ok(match modified {
+            Modified::Written(next) => Outcome::Changed(next),
+            Modified::Done(outcome) => outcome,
+            Modified::Missing => Outcome::Missing,
+        })
     }
 
-    /// Writes `change` if the ticket is still at `current.version`; the new
-    /// state, or `None` when another write came first.
-    async fn write(&self, current: &Ticket, change: &Change) -> anyhow::Result<Option<Ticket>> {
+    /// The write of `change` to `current` (conditional on its version), or,
+    /// when there is nothing to write, the ticket as it already is.
+    fn step_for(current: &Ticket, change: &Change) -> anyhow::Result<Step<Outcome>> {
         let next = current.after(change);
         let mut filter = Document::new();
         let mut update = Document::new();
@@ -561,7 +567,7 @@ impl Tickets {
             }
             Change::ForgetOrder { order_id } => {
                 if current.was_cancelled(order_id) {
-                    return Ok(Some(next));
+                    return Ok(Step::Done(Outcome::Changed(next)));
                 }
                 update.insert("$push", remember(order_id));
             }
@@ -575,7 +581,7 @@ impl Tickets {
         } else {
             owned::Change::bookkeeping(update)
         };
-        self.owned.write(current, write.only_if(filter)).await
+        Ok(Step::Write(write.only_if(filter)))
     }
 }
 

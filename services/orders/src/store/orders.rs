@@ -65,7 +65,7 @@ use common::{
     events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef},
     money::Money,
     outbox::Outbox,
-    owned::{self, Change, Owned, Record, Versioned},
+    owned::{self, Change, Modified, Owned, Record, Step, Versioned},
 };
 
 /// The collection's name (the outbox relay reads it too).
@@ -404,40 +404,52 @@ impl Orders {
         self.cancel_for(order, Cause::Withdrawn).await
     }
 
-    async fn cancel_for(&self, mut order: Order, cause: Cause) -> common::Result<Cancellation> {
-        let mut rounds = self.owned.rounds(order.id);
-        loop {
-            match order.status {
-                OrderStatus::Cancelled => return Ok(Cancellation::AlreadyCancelled(order)),
-                OrderStatus::Complete => return Ok(Cancellation::Complete(order)),
-                OrderStatus::Created | OrderStatus::AwaitingPayment => {}
-            }
-            if order.payment_id.is_some() && cause == Cause::BuyerOrClock {
-                return Ok(Cancellation::Complete(order));
-            }
-            let event = OrderCancelled {
-                id: order.id.to_hex(),
-                version: order.version + 1,
-                ticket: TicketRef {
-                    id: order.ticket_id.to_hex(),
+    async fn cancel_for(&self, order: Order, cause: Cause) -> common::Result<Cancellation> {
+        let id = order.id;
+        let decided = self
+            .owned
+            .modify(
+                id,
+                Some(order),
+                |id| self.find(id),
+                |order| -> common::Result<_> {
+                    match order.status {
+                        OrderStatus::Cancelled => {
+                            return Ok(Step::Done(Cancellation::AlreadyCancelled(order.clone())));
+                        }
+                        OrderStatus::Complete => {
+                            return Ok(Step::Done(Cancellation::Complete(order.clone())));
+                        }
+                        OrderStatus::Created | OrderStatus::AwaitingPayment => {}
+                    }
+                    if order.payment_id.is_some() && cause == Cause::BuyerOrClock {
+                        return Ok(Step::Done(Cancellation::Complete(order.clone())));
+                    }
+                    let event = OrderCancelled {
+                        id: order.id.to_hex(),
+                        version: order.version + 1,
+                        ticket: TicketRef {
+                            id: order.ticket_id.to_hex(),
+                        },
+                    };
+                    let mut set = doc! { "status": OrderStatus::Cancelled.as_str() };
+                    if cause == Cause::Withdrawn {
+                        set.insert("cancelReason", WITHDRAWN);
+                    }
+                    let change = Change::announced(doc! { "$set": set }, &event)?;
+                    Ok(Step::Write(same_payment(order, change)))
                 },
-            };
-            let mut set = doc! { "status": OrderStatus::Cancelled.as_str() };
-            if cause == Cause::Withdrawn {
-                set.insert("cancelReason", WITHDRAWN);
+            )
+            .await?;
+        Ok(match decided {
+            Modified::Written(cancelled) => {
+                self.give_back(&cancelled.holds(), cancelled.id).await;
+                tracing::info!(order_id = %cancelled.id, ticket_id = %cancelled.ticket_id, version = cancelled.version, "order cancelled");
+                Cancellation::Cancelled(cancelled)
             }
-            let change = Change::announced(doc! { "$set": set }, &event)?;
-            match self.write(&order, change).await? {
-                Ok(cancelled) => {
-                    self.give_back(&cancelled.holds(), cancelled.id).await;
-                    tracing::info!(order_id = %cancelled.id, ticket_id = %cancelled.ticket_id, version = cancelled.version, "order cancelled");
-                    return Ok(Cancellation::Cancelled(cancelled));
-                }
-                Err(Some(fresh)) => order = fresh,
-                Err(None) => return Ok(Cancellation::NotFound),
-            }
-            rounds.lost().await?;
-        }
+            Modified::Done(answer) => answer,
+            Modified::Missing => Cancellation::NotFound,
+        })
     }
 
     /// Cancels every order for `ticket_id` still `created` or
@@ -488,29 +500,42 @@ impl Orders {
     /// cancelled. The ticket stays held. No event: the fleet has no consumer
     /// for it (as in the original). An order that keeps changing past the
     /// rounds is [`common::Error::Conflict`].
-    pub async fn complete(&self, mut order: Order) -> common::Result<Completion> {
-        let mut rounds = self.owned.rounds(order.id);
-        loop {
-            match order.status {
-                OrderStatus::Complete => return Ok(Completion::AlreadyComplete(order)),
-                OrderStatus::Cancelled => return Ok(Completion::Cancelled(order)),
-                OrderStatus::Created | OrderStatus::AwaitingPayment => {}
-            }
+    pub async fn complete(&self, order: Order) -> common::Result<Completion> {
+        let id = order.id;
+        let decided = self
+            .owned
+            .modify(
+                id,
+                Some(order),
+                |id| self.find(id),
+                |order| -> common::Result<_> {
+                    match order.status {
+                        OrderStatus::Complete => {
+                            return Ok(Step::Done(Completion::AlreadyComplete(order.clone())));
+                        }
+                        OrderStatus::Cancelled => {
+                            return Ok(Step::Done(Completion::Cancelled(order.clone())));
+                        }
+                        OrderStatus::Created | OrderStatus::AwaitingPayment => {}
+                    }
+                    let change = Change::new_version(
+                        doc! { "$set": { "status": OrderStatus::Complete.as_str() } },
+                    );
+                    Ok(Step::Write(same_payment(order, change)))
+                },
+            )
+            .await?;
+        Ok(match decided {
             // Paid: the ticket stays held, the buyer's slot is free again.
-            let change =
-                Change::new_version(doc! { "$set": { "status": OrderStatus::Complete.as_str() } });
-            match self.write(&order, change).await? {
-                Ok(completed) => {
-                    let slot: Vec<String> = completed.slot.iter().cloned().collect();
-                    self.give_back(&slot, completed.id).await;
-                    tracing::info!(order_id = %completed.id, version = completed.version, "order complete");
-                    return Ok(Completion::Completed(completed));
-                }
-                Err(Some(fresh)) => order = fresh,
-                Err(None) => return Ok(Completion::NotFound),
+            Modified::Written(completed) => {
+                let slot: Vec<String> = completed.slot.iter().cloned().collect();
+                self.give_back(&slot, completed.id).await;
+                tracing::info!(order_id = %completed.id, version = completed.version, "order complete");
+                Completion::Completed(completed)
             }
-            rounds.lost().await?;
-        }
+            Modified::Done(answer) => answer,
+            Modified::Missing => Completion::NotFound,
+        })
     }
 
     /// Records `payment_id` on `order`, still open because its payment
@@ -521,49 +546,44 @@ impl Orders {
     /// gone.
     pub async fn record_payment(
         &self,
-        mut order: Order,
+        order: Order,
         payment_id: &str,
     ) -> common::Result<Option<Order>> {
-        let mut rounds = self.owned.rounds(order.id);
-        loop {
-            if !order.status.is_open() || order.payment_id.is_some() {
-                return Ok(Some(order));
+        let id = order.id;
+        let decided = self
+            .owned
+            .modify(
+                id,
+                Some(order),
+                |id| self.find(id),
+                |order| -> common::Result<_> {
+                    if !order.status.is_open() || order.payment_id.is_some() {
+                        return Ok(Step::Done(order.clone()));
+                    }
+                    let change = Change::bookkeeping(doc! { "$set": { "paymentId": payment_id } });
+                    Ok(Step::Write(same_payment(order, change)))
+                },
+            )
+            .await?;
+        Ok(match decided {
+            Modified::Written(recorded) => {
+                tracing::info!(order_id = %recorded.id, payment_id, "payment recorded before the reservation");
+                Some(recorded)
             }
-            let change = Change::bookkeeping(doc! { "$set": { "paymentId": payment_id } });
-            match self.write(&order, change).await? {
-                Ok(recorded) => {
-                    tracing::info!(order_id = %recorded.id, payment_id, "payment recorded before the reservation");
-                    return Ok(Some(recorded));
-                }
-                Err(Some(fresh)) => order = fresh,
-                Err(None) => return Ok(None),
-            }
-            rounds.lost().await?;
-        }
+            Modified::Done(order) => Some(order),
+            Modified::Missing => None,
+        })
     }
+}
 
-    /// Writes `change` if the order is still at the version in `order`,
-    /// with the same recorded payment (which does not bump the version; see
-    /// the module docs). `Ok(written)`; on a lost race `Err(Some(current))`,
-    /// or `Err(None)` if the order is gone (a tombstone is no order).
-    async fn write(
-        &self,
-        order: &Order,
-        change: Change,
-    ) -> anyhow::Result<Result<Order, Option<Order>>> {
-        let change = change.only_if(owned::same_optional(
-            "paymentId",
-            order.payment_id.as_deref(),
-        ));
-        if let Some(written) = self.owned.write(order, change).await? {
-            return Ok(Ok(written));
-        }
-        let current = self
-            .find(order.id)
-            .await
-            .with_context(|| format!("failed to re-read order {}", order.id))?;
-        Ok(Err(current))
-    }
+/// `change`, applying only while the order has the payment recorded that
+/// `order` has: recording one does not bump the version (see the module
+/// docs), so the version alone would not see it.
+fn same_payment(order: &Order, change: Change) -> Change {
+    change.only_if(owned::same_optional(
+        "paymentId",
+        order.payment_id.as_deref(),
+    ))
 }
 
 impl Record for Order {
