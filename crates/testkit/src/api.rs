@@ -28,6 +28,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Api {
     http: reqwest::Client,
     base: String,
+    timeout: Duration,
+    source: Option<IpAddr>,
 }
 
 /// A signed-up (or signed-in) user and the session cookie to send back.
@@ -104,21 +106,21 @@ impl std::error::Error for Failure {}
 impl Api {
     /// A client of `base` that never follows redirects.
     pub fn new(base: &str) -> Self {
-        Self::build(base, TIMEOUT, None)
+        Self::build(base.trim_end_matches('/').to_owned(), TIMEOUT, None)
     }
 
     /// The same client with requests bounded by `timeout`.
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        Self::build(&self.base, timeout, None)
+        Self::build(self.base, timeout, self.source)
     }
 
     /// The same client connecting from `source` — a loopback address such
     /// as `127.0.0.2` is a different client address to the server on Linux.
     pub fn sending_from(self, source: IpAddr) -> Self {
-        Self::build(&self.base, TIMEOUT, Some(source))
+        Self::build(self.base, self.timeout, Some(source))
     }
 
-    fn build(base: &str, timeout: Duration, source: Option<IpAddr>) -> Self {
+    fn build(base: String, timeout: Duration, source: Option<IpAddr>) -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -128,7 +130,9 @@ impl Api {
             .expect("testkit: failed to build the HTTP client");
         Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base,
+            timeout,
+            source,
         }
     }
 

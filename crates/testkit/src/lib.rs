@@ -247,10 +247,7 @@ pub struct TestApp {
 impl TestApp {
     /// Wraps a running service: where it listens and the token that stops it.
     pub fn new(address: SocketAddr, shutdown: CancellationToken) -> Self {
-        Self::with_api(address, Api::new(&format!("http://{address}")), shutdown)
-    }
-
-    fn with_api(address: SocketAddr, api: Api, shutdown: CancellationToken) -> Self {
+        let api = Api::new(&format!("http://{address}"));
         Self {
             address,
             base_url: api.base().to_owned(),
@@ -262,9 +259,11 @@ impl TestApp {
 
     /// The same client, connecting from `source` — a loopback address such
     /// as `127.0.0.2` is a different client address to the server on Linux.
-    pub fn sending_from(self, source: std::net::IpAddr) -> Self {
-        let api = self.api.clone().sending_from(source);
-        Self::with_api(self.address, api, self.shutdown.clone())
+    pub fn sending_from(mut self, source: std::net::IpAddr) -> Self {
+        // In place: dropping `self` would stop the service.
+        self.api = self.api.clone().sending_from(source);
+        self.http = self.api.http().clone();
+        self
     }
 
     /// The token that stops the service.
