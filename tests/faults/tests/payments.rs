@@ -147,6 +147,20 @@ async fn open(client: &Client, buyer: &User, order_id: &str) -> Value {
     panic!("payments never opened a payment for {order_id}");
 }
 
+/// The buyer's bank says yes: `intent` confirmed at Stripe with a card
+/// that succeeds.
+async fn confirm_at_stripe(stack: &Stack, intent: &str) {
+    let path = format!("v1/payment_intents/{intent}/confirm");
+    let confirmed = stripe(
+        stack,
+        Method::POST,
+        &path,
+        &[("payment_method", "pm_card_visa")],
+    )
+    .await;
+    assert_eq!(confirmed["status"], "succeeded");
+}
+
 /// Makes the Stripe fake hold back `method path` for `seconds` (its answer,
 /// or with `before` the request itself).
 async fn hold(stack: &Stack, method: &str, path: &str, seconds: &str, before: bool) {
@@ -246,15 +260,7 @@ async fn killed_while_the_success_webhook_is_sent(
         .kill_service("payments")
         .await
         .expect("kill -9");
-    let confirm = format!("v1/payment_intents/{intent}/confirm");
-    let confirmed = stripe(
-        stack,
-        Method::POST,
-        &confirm,
-        &[("payment_method", "pm_card_visa")],
-    )
-    .await;
-    assert_eq!(confirmed["status"], "succeeded");
+    confirm_at_stripe(stack, intent).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack
         .fleet_mut()
@@ -343,15 +349,7 @@ async fn killed_while_refunding_late_money(
     hold(stack, "POST", "/v1/refunds", "30", false).await;
     // Give payments the order.cancelled (its cancel is now held at Stripe).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let confirm = format!("v1/payment_intents/{intent}/confirm");
-    let confirmed = stripe(
-        stack,
-        Method::POST,
-        &confirm,
-        &[("payment_method", "pm_card_visa")],
-    )
-    .await;
-    assert_eq!(confirmed["status"], "succeeded");
+    confirm_at_stripe(stack, &intent).await;
     let refunds_of = |all: &Value| -> Vec<Value> {
         all["data"]
             .as_array()
