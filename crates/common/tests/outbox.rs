@@ -14,22 +14,14 @@ use tokio_util::sync::CancellationToken;
 fn ticket_created(id: ObjectId) -> TicketCreated {
     TicketCreated {
         id: id.to_hex(),
-        version: 0,
-        title: "concert".into(),
-        price: Money::from_cents(1000),
-        user_id: ObjectId::new().to_hex(),
+        ..testkit::ticket_created()
     }
 }
 
 fn ticket_updated(id: ObjectId, version: i64) -> TicketUpdated {
     TicketUpdated {
-        id: id.to_hex(),
-        version,
-        title: "concert".into(),
         price: Money::from_cents(1000 + version),
-        user_id: ObjectId::new().to_hex(),
-        order_id: None,
-        withdrawn: false,
+        ..testkit::ticket_updated(&ticket_created(id), version)
     }
 }
 

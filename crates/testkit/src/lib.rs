@@ -491,6 +491,45 @@ pub fn order_cancelled(order: &common::events::OrderCreated) -> common::events::
     }
 }
 
+/// A new `ticket.created` as the tickets service publishes it: fresh ids,
+/// version 0, "concert" at 20.00. A test sets what it is about with struct
+/// update syntax: `TicketCreated { title, ..testkit::ticket_created() }`.
+pub fn ticket_created() -> common::events::TicketCreated {
+    common::events::TicketCreated {
+        id: ObjectId::new().to_hex(),
+        version: 0,
+        title: "concert".to_owned(),
+        price: common::money::Money::from_cents(2000),
+        user_id: ObjectId::new().to_hex(),
+    }
+}
+
+/// The `ticket.updated` of `ticket` at `version`, with its title and price
+/// unchanged, not reserved and not withdrawn.
+pub fn ticket_updated(
+    ticket: &common::events::TicketCreated,
+    version: i64,
+) -> common::events::TicketUpdated {
+    common::events::TicketUpdated {
+        id: ticket.id.clone(),
+        version,
+        title: ticket.title.clone(),
+        price: ticket.price,
+        user_id: ticket.user_id.clone(),
+        order_id: None,
+        withdrawn: false,
+    }
+}
+
+/// A `payment.created` for the order `order_id`, as payments publishes it.
+pub fn payment_created(order_id: &str) -> common::events::PaymentCreated {
+    common::events::PaymentCreated {
+        id: ObjectId::new().to_hex(),
+        order_id: order_id.to_owned(),
+        stripe_id: "pi_test".to_owned(),
+    }
+}
+
 /// A `Delivery` as the bus runner would pass it, for calling a listener's
 /// `handle` directly.
 pub fn delivery(subject: &str) -> common::bus::Delivery {

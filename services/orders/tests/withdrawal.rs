@@ -7,12 +7,12 @@ mod support;
 use common::events::{OrderCancelled, TicketUpdated};
 use orders::store::{Cancellation, orders::WITHDRAWN};
 use serde_json::json;
-use support::{spawn_orders, ticket_updated};
+use support::spawn_orders;
 
 fn withdrawal(ticket: &common::events::TicketCreated, version: i64) -> TicketUpdated {
     TicketUpdated {
         withdrawn: true,
-        ..ticket_updated(ticket, version, &ticket.title, ticket.price.cents())
+        ..testkit::ticket_updated(ticket, version)
     }
 }
 
@@ -136,14 +136,6 @@ async fn a_payment_for_an_order_whose_ticket_was_withdrawn_cancels_it_instead() 
 
 // --- a payment that overtakes tickets' decision -------------------------------------
 
-fn payment(order_id: &str) -> common::events::PaymentCreated {
-    common::events::PaymentCreated {
-        id: mongodb::bson::oid::ObjectId::new().to_hex(),
-        order_id: order_id.to_owned(),
-        stripe_id: "pi_test".into(),
-    }
-}
-
 #[tokio::test]
 async fn a_payment_before_the_reservation_keeps_the_order_until_the_reservation_completes_it() {
     use common::bus::{Handled, Listener};
@@ -158,7 +150,7 @@ async fn a_payment_before_the_reservation_keeps_the_order_until_the_reservation_
     // Tickets has not reserved the ticket for the order yet: it may still
     // refuse (a withdrawal that won), so the order is not completed; but
     // the buyer paid in time, and the payment is recorded on the order.
-    let paid = payment(&order_id);
+    let paid = testkit::payment_created(&order_id);
     let handled = listener
         .handle(paid.clone(), &testkit::delivery("payment.created"))
         .await
@@ -234,7 +226,11 @@ async fn a_payment_before_a_withdrawal_that_won_ends_with_the_order_cancelled() 
 
     // The buyer's money reaches orders first; then the withdrawal, which
     // tickets applied instead of the reservation.
-    orders.bus.publish(&payment(&order_id)).await.unwrap();
+    orders
+        .bus
+        .publish(&testkit::payment_created(&order_id))
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     orders.bus.publish(&withdrawal(&ticket, 1)).await.unwrap();
 
@@ -265,7 +261,10 @@ async fn a_replica_from_before_reservations_were_kept_completes_as_it_used_to() 
 
     let listener = PaymentCreatedListener::new(orders.orders(), orders.tickets());
     let handled = listener
-        .handle(payment(&order_id), &testkit::delivery("payment.created"))
+        .handle(
+            testkit::payment_created(&order_id),
+            &testkit::delivery("payment.created"),
+        )
         .await
         .unwrap();
     assert_eq!(handled, Handled::Ack);

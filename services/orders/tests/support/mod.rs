@@ -63,11 +63,9 @@ pub async fn spawn_with(settings: Settings) -> TestOrders {
 /// A ticket as the tickets service would announce it.
 pub fn ticket_created(title: &str, cents: i64) -> TicketCreated {
     TicketCreated {
-        id: ObjectId::new().to_hex(),
-        version: 0,
         title: title.to_owned(),
         price: Money::from_cents(cents),
-        user_id: ObjectId::new().to_hex(),
+        ..testkit::ticket_created()
     }
 }
 
@@ -79,13 +77,9 @@ pub fn ticket_updated(
     cents: i64,
 ) -> TicketUpdated {
     TicketUpdated {
-        id: ticket.id.clone(),
-        version,
         title: title.to_owned(),
         price: Money::from_cents(cents),
-        user_id: ticket.user_id.clone(),
-        order_id: None,
-        withdrawn: false,
+        ..testkit::ticket_updated(ticket, version)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{
     config::Secret,
-    events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef},
+    events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket},
     money::Money,
 };
 use mongodb::bson::{Document, doc, oid::ObjectId};
@@ -231,9 +231,7 @@ pub fn order_cancelled_event(id: ObjectId, version: i64) -> OrderCancelled {
     OrderCancelled {
         id: id.to_hex(),
         version,
-        ticket: TicketRef {
-            id: ObjectId::new().to_hex(),
-        },
+        ..testkit::order_cancelled(&testkit::order_created())
     }
 }
 
