@@ -27,7 +27,9 @@
 //!   event and its new version in one compare-and-set.
 //! - [`metrics`]: Prometheus metrics on `GET /metrics`, recorded once here for
 //!   every service (requests per route, events per consumer, outbox backlog);
-//!   [`openapi`]: what each API service's `GET /openapi.json` is built from.
+//!   [`openapi`]: what each API service's `GET /openapi.json` is built from;
+//!   [`wire`]: the bodies the API answers, one type for the service that
+//!   writes each and the clients that read it.
 //! - [`overload`]: the bound on requests in flight and the deadline of every
 //!   request (503 with `Retry-After`); [`client`]: the client's address,
 //!   through trusted proxies only.
@@ -52,5 +54,6 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 pub mod validate;
+pub mod wire;
 
 pub use error::{Error, Result};

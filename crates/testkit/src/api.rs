@@ -12,9 +12,7 @@
 
 use std::{fmt, net::IpAddr, time::Duration};
 
-use common::events::OrderStatus;
 use reqwest::{Method, header::HeaderMap};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The password of every user the kit signs up.
@@ -41,36 +39,8 @@ pub struct User {
     pub cookie: String,
 }
 
-/// A ticket as the tickets service answers it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Ticket {
-    pub id: String,
-    pub title: String,
-    pub price: f64,
-    pub user_id: String,
-    pub version: i64,
-    #[serde(default)]
-    pub order_id: Option<String>,
-}
-
-/// An order as the orders service answers it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Order {
-    pub id: String,
-    pub status: OrderStatus,
-    pub expires_at: String,
-    pub ticket: OrderedTicket,
-}
-
-/// The ticket inside an [`Order`].
-#[derive(Debug, Clone, Deserialize)]
-pub struct OrderedTicket {
-    pub id: String,
-    pub title: String,
-    pub price: f64,
-}
+/// The bodies the services answer: the types they serialise.
+pub use common::wire::{Order, OrderTicket, Ticket};
 
 /// A step that did not get the answer the contract promises: no answer at
 /// all, another status, or a body that is not what the route returns.

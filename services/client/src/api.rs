@@ -20,7 +20,6 @@ use axum::{
     extract::FromRequestParts,
     http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
 };
-use chrono::{DateTime, Utc};
 use common::{error::ErrorItem, money::Money};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -127,52 +126,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
     }
 }
 
-/// A signed-in user, as `GET /api/users/currentuser` names them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct User {
-    pub id: String,
-    pub email: String,
-}
-
-#[derive(Deserialize)]
-struct CurrentUserBody {
-    #[serde(rename = "currentUser")]
-    current_user: Option<User>,
-}
-
-/// A ticket for sale (`orderId` set while an order holds it).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Ticket {
-    pub id: String,
-    pub title: String,
-    pub price: Money,
-    pub user_id: String,
-    #[serde(default)]
-    pub order_id: Option<String>,
-    /// The price printed on the ticket, if the seller gave it.
-    #[serde(default)]
-    pub face_value: Option<Money>,
-    /// `available`, `reserved` or `sold`: only in the seller's own list.
-    #[serde(default)]
-    pub status: Option<String>,
-}
-
-impl Ticket {
-    pub fn is_reserved(&self) -> bool {
-        self.order_id.is_some()
-    }
-
-    /// Its status in the seller's own list (`available` if not given).
-    pub fn status(&self) -> &str {
-        self.status.as_deref().unwrap_or("available")
-    }
-
-    /// Whether its seller may withdraw it now.
-    pub fn can_withdraw(&self) -> bool {
-        self.status() == "available" && !self.is_reserved()
-    }
-}
+/// The API's bodies (DESIGN §3): the types the services answer with.
+pub use common::wire::{Order, OrderTicket, Payment, PaymentStatus, Ticket, User};
 
 /// What `GET /api/tickets` is asked: the landing page's search and filters
 /// as the visitor typed them (the API checks them), and the page's cursor.
@@ -234,14 +189,6 @@ fn next_cursor(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The ticket embedded in an order.
-#[derive(Debug, Clone, Deserialize)]
-pub struct OrderTicket {
-    pub id: String,
-    pub title: String,
-    pub price: Money,
-}
-
 /// DESIGN §1: the four states of an order, as the fleet defines them.
 pub use common::events::OrderStatus;
 
@@ -258,34 +205,6 @@ impl StatusBadge for OrderStatus {
             other => other.as_str(),
         }
     }
-}
-
-/// An order of the signed-in user.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Order {
-    pub id: String,
-    pub status: OrderStatus,
-    pub expires_at: DateTime<Utc>,
-    pub ticket: OrderTicket,
-    /// Why it was cancelled, when the buyer and the clock did not do it
-    /// (the seller withdrew the ticket).
-    #[serde(default)]
-    pub cancel_reason: Option<String>,
-}
-
-/// An order's payment (`GET`/`POST /api/payments`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Payment {
-    /// `pending`, `succeeded`, `refunded` or `cancelled`.
-    pub status: String,
-    /// Only while it can be paid.
-    #[serde(default)]
-    pub client_secret: Option<String>,
-    /// Why the last attempt failed.
-    #[serde(default)]
-    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,8 +321,12 @@ impl ApiClient {
 
     /// Who the visitor is, if they are signed in.
     pub async fn current_user(&self, visitor: &Visitor) -> ApiResult<Option<User>> {
-        let body: CurrentUserBody = self.get(visitor, "/api/users/currentuser").await?;
-        Ok(body.current_user)
+        let body: common::wire::CurrentUserBody =
+            self.get(visitor, "/api/users/currentuser").await?;
+        Ok(body.current_user.map(|user| User {
+            id: user.id,
+            email: user.email,
+        }))
     }
 
     pub async fn signup(
@@ -558,8 +481,14 @@ impl ApiClient {
         self.get(visitor, "/api/orders").await
     }
 
-    pub async fn order(&self, visitor: &Visitor, id: &ObjectId) -> ApiResult<Order> {
-        self.get(visitor, &format!("/api/orders/{id}")).await
+    /// One of the visitor's orders, and its ticket: an order whose ticket
+    /// the orders service has lost (`ticket: null`) cannot be shown.
+    pub async fn order(&self, visitor: &Visitor, id: &ObjectId) -> ApiResult<(Order, OrderTicket)> {
+        let mut order: Order = self.get(visitor, &format!("/api/orders/{id}")).await?;
+        let ticket = order.ticket.take().ok_or_else(|| {
+            ApiError::Broken(anyhow::anyhow!("order {id} came without its ticket"))
+        })?;
+        Ok((order, ticket))
     }
 
     /// Buys a ticket: the new order's id.

@@ -802,6 +802,38 @@ async fn my_orders_lists_title_price_and_status() {
 }
 
 #[tokio::test]
+async fn an_order_whose_ticket_orders_lost_is_listed_but_cannot_be_shown() {
+    let lost = || {
+        let mut order = order("awaiting:payment", 60);
+        order["ticket"] = Value::Null;
+        order
+    };
+    let routes = Router::new()
+        .route(
+            "/api/orders",
+            get(move || async move { Json(json!([lost()])) }),
+        )
+        .route(
+            &format!("/api/orders/{ORDER_ID}"),
+            get(move || async move { Json(lost()) }),
+        );
+    let api = FakeApi::start(routes).await;
+    let app = spawn_client(&api.base_url).await;
+
+    let list = app.get("/orders", Some(COOKIE)).await;
+    list.assert_status(200);
+    assert!(
+        list.text.contains("Ticket no longer listed"),
+        "{}",
+        list.text
+    );
+    assert!(list.text.contains(">awaiting:payment<"), "{}", list.text);
+    app.get(&format!("/orders/{ORDER_ID}"), Some(COOKIE))
+        .await
+        .assert_status(502);
+}
+
+#[tokio::test]
 async fn an_unreachable_api_is_a_friendly_503_page() {
     // A port nobody listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::events::OrderStatus;
+use common::{events::OrderStatus, money::Money};
 use fleet_tests::Shop;
 
 /// Long enough to pay within, short enough to watch expire.
@@ -18,7 +18,10 @@ async fn buy_and_pay_completes_the_order_once_and_for_all() {
     let order = shop.buy(&buyer, &ticket).await;
     let order_id = order.id.as_str();
     assert_eq!(order.status, OrderStatus::Created);
-    assert_eq!(order.ticket.price, 20.5);
+    assert_eq!(
+        order.ticket.as_ref().map(|t| t.price),
+        Some(Money::from_cents(2050))
+    );
 
     shop.pay_when_known(&buyer, order_id, "tok_visa")
         .await

@@ -16,6 +16,7 @@ use common::{
     error::{ErrorBody, Json},
     session::{CurrentUser, Sessions, UserView},
     validate::{Checked, Fields, Valid},
+    wire::{self, CurrentUserBody},
 };
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -102,24 +103,6 @@ impl Credentials {
     }
 }
 
-/// A user as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-struct UserBody {
-    #[schema(value_type = common::openapi::ObjectId)]
-    id: String,
-    #[schema(example = "buyer@example.com")]
-    email: String,
-}
-
-/// `GET /api/users/currentuser`: who the session says is signed in.
-#[derive(Debug, Serialize, ToSchema)]
-struct CurrentUserBody {
-    /// `null` when nobody is signed in (or the token is invalid or expired).
-    #[serde(rename = "currentUser")]
-    #[schema(required = true)]
-    current_user: Option<UserView>,
-}
-
 /// `POST /api/users/signout`'s body: `{}`.
 #[derive(Debug, Serialize, ToSchema)]
 struct Empty {}
@@ -133,7 +116,7 @@ const PASSWORD_LENGTH: std::ops::RangeInclusive<usize> = 8..=128;
     tag = "users",
     request_body = Credentials,
     responses(
-        (status = 201, description = "Signed up and signed in", body = UserBody,
+        (status = 201, description = "Signed up and signed in", body = wire::User,
             headers(("set-cookie" = String, description = "The `session` cookie"))),
         (status = 400, description = "`Email must be valid`, `Password must be between 8 and 128 characters` (per field), `Email in use`, or a body that is not the JSON expected", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
@@ -169,7 +152,7 @@ async fn signup(
     tag = "users",
     request_body = Credentials,
     responses(
-        (status = 200, description = "Signed in", body = UserBody,
+        (status = 200, description = "Signed in", body = wire::User,
             headers(("set-cookie" = String, description = "The `session` cookie"))),
         (status = 400, description = "`Email must be valid`, `You must supply a password` (per field), `Invalid credentials`, or a body that is not the JSON expected", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
@@ -264,7 +247,7 @@ fn signed_in(sessions: &Sessions, status: StatusCode, user: &User) -> Result<Res
     Ok((
         status,
         [(header::SET_COOKIE, sessions.cookie(&token))],
-        Json(UserBody {
+        Json(wire::User {
             id,
             email: user.email.clone(),
         }),

@@ -38,7 +38,10 @@ use serde::Deserialize;
 use super::{PageId, current_user, form_errors, not_yours, require};
 use crate::{
     AppState,
-    api::{ObjectId, Order, OrderStatus, Payment, StatusBadge as _, User, Visitor},
+    api::{
+        ObjectId, Order, OrderStatus, OrderTicket, Payment, PaymentStatus, StatusBadge as _, User,
+        Visitor,
+    },
     pages::{FormErrors, Layout, Notice, PageError, PageForm, render, see_other},
 };
 
@@ -76,6 +79,7 @@ enum Phase {
 struct OrderPage {
     layout: Layout,
     order: Order,
+    ticket: OrderTicket,
     seconds_left: i64,
     phase: Phase,
     stripe_key: Option<Arc<str>>,
@@ -89,7 +93,7 @@ struct OrderPage {
 impl OrderPage {
     fn new(
         user: User,
-        order: Order,
+        (order, ticket): (Order, OrderTicket),
         state: &AppState,
         payment: Option<Payment>,
         errors: Vec<ErrorItem>,
@@ -105,6 +109,7 @@ impl OrderPage {
         Self {
             layout: Layout::new(Some(user)),
             order,
+            ticket,
             seconds_left,
             phase,
             stripe_key,
@@ -115,16 +120,16 @@ impl OrderPage {
         }
     }
 
-    fn payment_status(&self) -> &str {
-        self.payment.as_ref().map_or("", |p| p.status.as_str())
+    fn payment_status(&self) -> Option<PaymentStatus> {
+        self.payment.as_ref().map(|p| p.status)
     }
 
     /// Paid at Stripe (or just confirmed there), not yet complete here: the
     /// webhook has not landed.
     fn is_processing(&self) -> bool {
         self.phase == Phase::Open
-            && (self.payment_status() == "succeeded"
-                || (self.returned && self.payment_status() == "pending"))
+            && (self.payment_status() == Some(PaymentStatus::Succeeded)
+                || (self.returned && self.payment_status() == Some(PaymentStatus::Pending)))
     }
 
     /// Back from Stripe.js, but the order was cancelled meanwhile (in another
@@ -134,18 +139,21 @@ impl OrderPage {
     fn is_checking(&self) -> bool {
         matches!(self.phase, Phase::Expired | Phase::Cancelled)
             && self.returned
-            && self.payment_status() == "pending"
+            && self.payment_status() == Some(PaymentStatus::Pending)
     }
 
     /// Money that arrived for the cancelled order, given back (or on its way
     /// back: `succeeded` on a cancelled order is refunded at once).
     fn is_refunded(&self) -> bool {
         matches!(self.phase, Phase::Expired | Phase::Cancelled)
-            && matches!(self.payment_status(), "refunded" | "succeeded")
+            && matches!(
+                self.payment_status(),
+                Some(PaymentStatus::Refunded | PaymentStatus::Succeeded)
+            )
     }
 
     fn refund_done(&self) -> bool {
-        self.payment_status() == "refunded"
+        self.payment_status() == Some(PaymentStatus::Refunded)
     }
 
     /// The intent's client secret, for Stripe.js.
@@ -257,7 +265,7 @@ async fn show(
         .order(&visitor, &id)
         .await
         .map_err(|e| not_yours(e, NOT_YOUR_ORDER))?;
-    let payment = payment_for(&state, &visitor, &order, &id).await;
+    let payment = payment_for(&state, &visitor, &order.0, &id).await;
     let mut page = OrderPage::new(user, order, &state, payment, Vec::new());
     page.returned = query.payment.as_deref() == Some("processing");
     page.layout = page.layout.with_notice(notice);
@@ -334,7 +342,7 @@ async fn refused(
         .order(visitor, id)
         .await
         .map_err(|e| not_yours(e, NOT_YOUR_ORDER))?;
-    let payment = payment_for(state, visitor, &order, id).await;
+    let payment = payment_for(state, visitor, &order.0, id).await;
     let page = OrderPage::new(user, order, state, payment, errors);
     Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page))
 }

@@ -12,17 +12,16 @@
 use std::collections::HashMap;
 
 use axum::{extract::State, http::StatusCode};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common::{
     Error, Result,
     error::{ErrorBody, Id, Json},
-    events::{OrderStatus, iso_millis},
-    money::Money,
     openapi,
     session::AuthUser,
+    wire,
 };
 use mongodb::bson::oid::ObjectId;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -39,64 +38,24 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, cancel))
 }
 
-/// An order as the API shows it:
-/// `{id,userId,status,expiresAt,version,ticket:{id,title,price,version}}`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Order)]
-struct OrderBody {
-    #[schema(value_type = openapi::ObjectId)]
-    id: String,
-    /// The buyer.
-    #[schema(value_type = openapi::ObjectId)]
-    user_id: String,
-    status: OrderStatus,
-    /// When the reservation ends unless paid (RFC 3339, UTC).
-    #[serde(with = "iso_millis")]
-    #[schema(value_type = String, format = DateTime, example = "2024-05-01T12:15:00.000Z")]
-    expires_at: DateTime<Utc>,
-    version: i64,
-    /// Why it was cancelled, when neither the buyer nor the clock did it
-    /// (`The seller withdrew this ticket`); absent otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    cancel_reason: Option<String>,
-    /// `null` only if the replica lost the ticket (as the original's
-    /// `populate` would show it).
-    #[schema(required = true)]
-    ticket: Option<TicketBody>,
-}
-
-/// The ordered ticket, as the orders service knows it.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = OrderTicket)]
-struct TicketBody {
-    #[schema(value_type = openapi::ObjectId)]
-    id: String,
-    title: String,
-    price: Money,
-    version: i64,
-}
-
-impl OrderBody {
-    fn new(order: &Order, ticket: Option<&Ticket>) -> Self {
-        if ticket.is_none() {
-            tracing::warn!(order_id = %order.id, ticket_id = %order.ticket_id, "the ticket of an order is missing from the replica");
-        }
-        Self {
-            id: order.id.to_hex(),
-            user_id: order.user_id.clone(),
-            status: order.status,
-            expires_at: order.expires_at(),
-            version: order.version,
-            cancel_reason: order.cancel_reason.clone(),
-            ticket: ticket.map(|t| TicketBody {
-                id: t.id.to_hex(),
-                title: t.title.clone(),
-                price: t.price,
-                version: t.version,
-            }),
-        }
+/// An order as the API shows it, its ticket embedded from the replica.
+fn view(order: &Order, ticket: Option<&Ticket>) -> wire::Order {
+    if ticket.is_none() {
+        tracing::warn!(order_id = %order.id, ticket_id = %order.ticket_id, "the ticket of an order is missing from the replica");
+    }
+    wire::Order {
+        id: order.id.to_hex(),
+        user_id: order.user_id.clone(),
+        status: order.status,
+        expires_at: order.expires_at(),
+        version: order.version,
+        cancel_reason: order.cancel_reason.clone(),
+        ticket: ticket.map(|t| wire::OrderTicket {
+            id: t.id.to_hex(),
+            title: t.title.clone(),
+            price: t.price,
+            version: t.version,
+        }),
     }
 }
 
@@ -107,7 +66,7 @@ impl OrderBody {
     tag = "orders",
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The caller's orders, newest first", body = Vec<OrderBody>),
+        (status = 200, description = "The caller's orders, newest first", body = Vec<wire::Order>),
         (status = 401, description = "Not signed in", body = ErrorBody),
     ),
 )]
@@ -115,7 +74,7 @@ impl OrderBody {
 async fn index(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-) -> Result<Json<Vec<OrderBody>>> {
+) -> Result<Json<Vec<wire::Order>>> {
     let orders = state.orders.for_user(&user.id).await?;
     let ticket_ids: Vec<ObjectId> = orders.iter().map(|o| o.ticket_id).collect();
     let tickets: HashMap<ObjectId, Ticket> = state
@@ -128,7 +87,7 @@ async fn index(
     Ok(Json(
         orders
             .iter()
-            .map(|order| OrderBody::new(order, tickets.get(&order.ticket_id)))
+            .map(|order| view(order, tickets.get(&order.ticket_id)))
             .collect(),
     ))
 }
@@ -141,7 +100,7 @@ async fn index(
     security(("session" = []), ("bearer" = [])),
     params(("id" = openapi::ObjectId, Path, description = "The order's id")),
     responses(
-        (status = 200, description = "The order", body = OrderBody),
+        (status = 200, description = "The order", body = wire::Order),
         (status = 401, description = "Not signed in, or someone else's order", body = ErrorBody),
         (status = 404, description = "No such order (or not an id)", body = ErrorBody),
     ),
@@ -151,10 +110,10 @@ async fn show(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Id(id): Id,
-) -> Result<Json<OrderBody>> {
+) -> Result<Json<wire::Order>> {
     let order = owned_order(&state, &user.id, id).await?;
     let ticket = state.tickets.find(order.ticket_id).await?;
-    Ok(Json(OrderBody::new(&order, ticket.as_ref())))
+    Ok(Json(view(&order, ticket.as_ref())))
 }
 
 /// `{ticketId}`, read loosely: a missing or non-string id is the field's
@@ -183,7 +142,7 @@ struct NewOrder {
     security(("session" = []), ("bearer" = [])),
     request_body = NewOrder,
     responses(
-        (status = 201, description = "Ordered: the ticket is reserved until `expiresAt`", body = OrderBody),
+        (status = 201, description = "Ordered: the ticket is reserved until `expiresAt`", body = wire::Order),
         (status = 400, description = "`TicketId must be provided`, `Ticket is already reserved`, `Too many active reservations` (the buyer holds `MAX_ACTIVE_ORDERS_PER_USER` unpaid orders), or a body that is not the JSON expected", body = ErrorBody),
         (status = 401, description = "Not signed in", body = ErrorBody),
         (status = 404, description = "No such ticket, or its seller withdrew it", body = ErrorBody),
@@ -195,7 +154,7 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Json(body): Json<NewOrder>,
-) -> Result<(StatusCode, Json<OrderBody>)> {
+) -> Result<(StatusCode, Json<wire::Order>)> {
     let ticket_id = body
         .ticket_id
         .as_str()
@@ -239,10 +198,7 @@ async fn create(
         return Err(Error::NotFound);
     }
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, "order created");
-    Ok((
-        StatusCode::CREATED,
-        Json(OrderBody::new(&order, Some(&ticket))),
-    ))
+    Ok((StatusCode::CREATED, Json(view(&order, Some(&ticket)))))
 }
 
 /// `DELETE /api/orders/:id` — 404, 401, 400 `Cannot cancel a completed

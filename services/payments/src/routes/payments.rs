@@ -32,9 +32,10 @@ use common::{
     openapi,
     session::AuthUser,
     validate::{Checked, Fields, Valid},
+    wire,
 };
 use mongodb::bson::oid::ObjectId;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -97,42 +98,18 @@ impl Checked for PaymentRequest {
     }
 }
 
-/// A payment as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Payment)]
-pub struct PaymentView {
-    #[schema(value_type = openapi::ObjectId)]
-    id: String,
-    #[schema(value_type = openapi::ObjectId)]
-    order_id: String,
-    /// `pending`, `succeeded`, `refunded` or `cancelled`.
-    #[schema(example = "pending")]
-    status: &'static str,
-    /// In cents.
-    amount: i64,
-    /// The order's PaymentIntent (`pi_…`).
-    payment_intent_id: Option<String>,
-    /// What Stripe.js confirms the intent with; only while it is payable.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_secret: Option<String>,
-    /// Why the last attempt failed, for the buyer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_error: Option<String>,
-}
-
-impl From<&Payment> for PaymentView {
-    fn from(payment: &Payment) -> Self {
-        let open = payment.status == PaymentStatus::Pending;
-        Self {
-            id: payment.id.to_hex(),
-            order_id: payment.order_id.to_hex(),
-            status: payment.status.public(),
-            amount: payment.amount.cents(),
-            payment_intent_id: payment.payment_intent_id.clone(),
-            client_secret: open.then(|| payment.client_secret.clone()).flatten(),
-            last_error: open.then(|| payment.last_error.clone()).flatten(),
-        }
+/// A payment as the API shows it: its secret and its last error only while
+/// it can be paid.
+fn view(payment: &Payment) -> wire::Payment {
+    let open = payment.status == PaymentStatus::Pending;
+    wire::Payment {
+        id: payment.id.to_hex(),
+        order_id: payment.order_id.to_hex(),
+        status: payment.status.public(),
+        amount: payment.amount.cents(),
+        payment_intent_id: payment.payment_intent_id.clone(),
+        client_secret: open.then(|| payment.client_secret.clone()).flatten(),
+        last_error: open.then(|| payment.last_error.clone()).flatten(),
     }
 }
 
@@ -157,8 +134,8 @@ fn unavailable(source: anyhow::Error) -> Error {
     security(("session" = []), ("bearer" = [])),
     request_body = NewPayment,
     responses(
-        (status = 200, description = "The order's existing PaymentIntent", body = PaymentView),
-        (status = 201, description = "The order's PaymentIntent was created (with `token`: confirmed and paid; the order completes shortly)", body = PaymentView),
+        (status = 200, description = "The order's existing PaymentIntent", body = wire::Payment),
+        (status = 201, description = "The order's PaymentIntent was created (with `token`: confirmed and paid; the order completes shortly)", body = wire::Payment),
         (status = 400, description = "`OrderId must be provided`, `Token must be provided` (per field), `Cannot pay for a cancelled order`, `Order is already paid`, a declined card (Stripe's message), a card that needs 3-D Secure, or a body that is not the JSON expected", body = ErrorBody),
         (status = 401, description = "Not signed in, or someone else's order", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
@@ -171,7 +148,7 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Valid(PaymentRequest { order_id, token }): Valid<PaymentRequest>,
-) -> Result<(StatusCode, Json<PaymentView>)> {
+) -> Result<(StatusCode, Json<wire::Payment>)> {
     let order = state.orders.find(order_id).await?.ok_or(Error::NotFound)?;
     if order.user_id != user.id {
         return Err(Error::NotAuthorized);
@@ -190,7 +167,7 @@ async fn create(
         } else {
             StatusCode::OK
         };
-        return Ok((status, Json(PaymentView::from(&payment))));
+        return Ok((status, Json(view(&payment))));
     };
     confirm_with_token(&state, &order, payment, &token).await
 }
@@ -252,7 +229,7 @@ async fn confirm_with_token(
     order: &Order,
     payment: Payment,
     token: &str,
-) -> Result<(StatusCode, Json<PaymentView>)> {
+) -> Result<(StatusCode, Json<wire::Payment>)> {
     let order_hex = order.id.to_hex();
     let Some(intent_id) = payment.payment_intent_id.clone() else {
         return Err(anyhow::anyhow!("a payment without its intent").into());
@@ -303,7 +280,7 @@ async fn confirm_with_token(
         // Stripe: each of them is told about the one payment.
         Succeeded::Recorded(paid) | Succeeded::Already(paid) => {
             tracing::info!(payment_id = %paid.id, order_id = %order_hex, "order paid");
-            Ok((StatusCode::CREATED, Json(PaymentView::from(&paid))))
+            Ok((StatusCode::CREATED, Json(view(&paid))))
         }
         Succeeded::Refunded(_) => Err(Error::bad_request(CANCELLED)),
     }
@@ -328,7 +305,7 @@ struct ListQuery {
     security(("session" = []), ("bearer" = [])),
     params(ListQuery),
     responses(
-        (status = 200, description = "The caller's payments of the order (none or one)", body = [PaymentView]),
+        (status = 200, description = "The caller's payments of the order (none or one)", body = [wire::Payment]),
         (status = 400, description = "`OrderId must be provided`", body = ErrorBody),
         (status = 401, description = "Not signed in", body = ErrorBody),
     ),
@@ -338,7 +315,7 @@ async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<PaymentView>>> {
+) -> Result<Json<Vec<wire::Payment>>> {
     let order_id = query
         .ok()
         .and_then(|Query(q)| q.order_id)
@@ -349,7 +326,7 @@ async fn list(
         .find_by_order(order_id)
         .await?
         .filter(|payment| payment.user_id == user.id);
-    Ok(Json(payments.iter().map(PaymentView::from).collect()))
+    Ok(Json(payments.iter().map(view).collect()))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use common::{
     mongo::DuplicateKey as _,
     outbox::Outbox,
     owned::{Change, Owned, Record},
+    wire,
 };
 use futures::TryStreamExt as _;
 use mongodb::{
@@ -66,15 +67,14 @@ impl PaymentStatus {
         }
     }
 
-    /// The status the API shows: one of `pending`, `succeeded`, `refunded`,
-    /// `cancelled`. A refund or a cancel under way shows where the money is
-    /// until Stripe has confirmed it.
-    pub fn public(self) -> &'static str {
+    /// The status the API shows. A refund or a cancel under way shows where
+    /// the money is until Stripe has confirmed it.
+    pub fn public(self) -> wire::PaymentStatus {
         match self {
-            Self::Pending | Self::Cancelling => "pending",
-            Self::Succeeded | Self::Refunding => "succeeded",
-            Self::Refunded => "refunded",
-            Self::Cancelled => "cancelled",
+            Self::Pending | Self::Cancelling => wire::PaymentStatus::Pending,
+            Self::Succeeded | Self::Refunding => wire::PaymentStatus::Succeeded,
+            Self::Refunded => wire::PaymentStatus::Refunded,
+            Self::Cancelled => wire::PaymentStatus::Cancelled,
         }
     }
 }

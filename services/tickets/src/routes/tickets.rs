@@ -21,8 +21,9 @@ use common::{
     openapi,
     session::{AuthUser, CurrentUser},
     validate::{Checked, Fields, Valid},
+    wire::{self, ListingStatus},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -46,76 +47,24 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update, withdraw))
 }
 
-/// A ticket as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Ticket)]
-pub struct TicketView {
-    #[schema(value_type = openapi::ObjectId)]
-    pub id: String,
-    #[schema(example = "Concert")]
-    pub title: String,
-    pub price: Money,
-    /// The seller.
-    #[schema(value_type = openapi::ObjectId)]
-    pub user_id: String,
-    /// Bumped by one on every change.
-    pub version: i64,
-    /// The order that reserves the ticket, if one does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<openapi::ObjectId>, nullable = false)]
-    pub order_id: Option<String>,
-    /// The price printed on the ticket, if the seller gave it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub face_value: Option<Money>,
-    /// Only in the seller's own list (`mine=true`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub status: Option<ListingStatus>,
-    #[serde(skip)]
-    sold: bool,
-}
-
-/// Where a seller's ticket stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum ListingStatus {
-    /// For sale.
-    Available,
-    /// An order holds it while its buyer pays.
-    Reserved,
-    /// Its order is paid.
-    Sold,
-}
-
-impl TicketView {
-    /// The view with its [`ListingStatus`], for the seller's own list.
-    fn with_status(mut self) -> Self {
-        self.status = Some(if self.sold {
+/// A ticket as the API shows it; `mine`: with its [`ListingStatus`], for the
+/// seller's own list.
+fn view(ticket: &Ticket, mine: bool) -> wire::Ticket {
+    wire::Ticket {
+        id: ticket.id.to_hex(),
+        title: ticket.title.clone(),
+        price: ticket.price,
+        user_id: ticket.user_id.clone(),
+        version: ticket.version,
+        order_id: ticket.order_id.clone(),
+        face_value: ticket.face_value,
+        status: mine.then_some(if ticket.sold {
             ListingStatus::Sold
-        } else if self.order_id.is_some() {
+        } else if ticket.is_reserved() {
             ListingStatus::Reserved
         } else {
             ListingStatus::Available
-        });
-        self
-    }
-}
-
-impl From<&Ticket> for TicketView {
-    fn from(ticket: &Ticket) -> Self {
-        Self {
-            id: ticket.id.to_hex(),
-            title: ticket.title.clone(),
-            price: ticket.price,
-            user_id: ticket.user_id.clone(),
-            version: ticket.version,
-            order_id: ticket.order_id.clone(),
-            face_value: ticket.face_value,
-            status: None,
-            sold: ticket.sold,
-        }
+        }),
     }
 }
 
@@ -376,7 +325,7 @@ fn percent_encode(value: &str) -> String {
         ("mine" = Option<bool>, Query, description = "`true`: the caller's own tickets (signed in), available, reserved or sold, each with `status`"),
     ),
     responses(
-        (status = 200, description = "One page of tickets; when there are more, a `Link: </api/tickets?…&cursor=…>; rel=\"next\"` header gives the next page", body = Vec<TicketView>,
+        (status = 200, description = "One page of tickets; when there are more, a `Link: </api/tickets?…&cursor=…>; rel=\"next\"` header gives the next page", body = Vec<wire::Ticket>,
             headers(("Link" = String, description = "RFC 8288 link to the next page (`rel=\"next\"`), absent on the last page"))),
         (status = 400, description = "A parameter is not valid (per field: `q`, `minPrice`, `maxPrice`, `sort`, `limit`, `cursor`, `mine`), or the query string is malformed", body = ErrorBody),
         (status = 401, description = "`mine=true` without being signed in", body = ErrorBody),
@@ -387,7 +336,7 @@ async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<(HeaderMap, Json<Vec<TicketView>>)> {
+) -> Result<(HeaderMap, Json<Vec<wire::Ticket>>)> {
     let Query(params) = params
         .map_err(|e| Error::bad_request(format!("Invalid query string: {}", e.body_text())))?;
     let mine = params.mine().map_err(|e| Error::Validation(vec![e]))?;
@@ -405,17 +354,11 @@ async fn list(
             headers.insert(header::LINK, value);
         }
     }
+    let mine = query.seller.is_some();
     let views = page
         .tickets
         .iter()
-        .map(|ticket| {
-            let view = TicketView::from(ticket);
-            if query.seller.is_some() {
-                view.with_status()
-            } else {
-                view
-            }
-        })
+        .map(|ticket| view(ticket, mine))
         .collect();
     Ok((headers, Json(views)))
 }
@@ -427,19 +370,19 @@ async fn list(
     tag = "tickets",
     params(("id" = openapi::ObjectId, Path, description = "The ticket's id")),
     responses(
-        (status = 200, description = "The ticket", body = TicketView),
+        (status = 200, description = "The ticket", body = wire::Ticket),
         (status = 404, description = "No such ticket, withdrawn by its seller, or not an id", body = ErrorBody),
     ),
 )]
 #[tracing::instrument(skip_all, fields(ticket_id = %id))]
-async fn show(State(state): State<AppState>, Id(id): Id) -> Result<Json<TicketView>> {
+async fn show(State(state): State<AppState>, Id(id): Id) -> Result<Json<wire::Ticket>> {
     let ticket = state
         .tickets
         .find(id)
         .await?
         .filter(|ticket| !ticket.withdrawn)
         .ok_or(Error::NotFound)?;
-    Ok(Json(TicketView::from(&ticket)))
+    Ok(Json(view(&ticket, false)))
 }
 
 /// `POST /api/tickets` — 201 with the new ticket; `ticket.created` goes out
@@ -451,7 +394,7 @@ async fn show(State(state): State<AppState>, Id(id): Id) -> Result<Json<TicketVi
     security(("session" = []), ("bearer" = [])),
     request_body = TicketInput,
     responses(
-        (status = 201, description = "Listed for sale", body = TicketView),
+        (status = 201, description = "Listed for sale", body = wire::Ticket),
         (status = 400, description = "`Title is required`, `Price must be greater than 0`, `Face value must be greater than 0` (per field), `Price must not exceed <cap>% of the face value` (field `price`, with `RESALE_CAP_PERCENT` set and a `faceValue`), or a body that is not the JSON expected", body = ErrorBody),
         (status = 401, description = "Not signed in", body = ErrorBody),
         (status = 413, description = "Body over the size limit", body = ErrorBody),
@@ -462,13 +405,13 @@ async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Valid(input): Valid<NewTicket>,
-) -> Result<(StatusCode, Json<TicketView>)> {
+) -> Result<(StatusCode, Json<wire::Ticket>)> {
     check_resale_cap(input.price, input.face_value, state.resale_cap_percent)?;
     let mut ticket = Ticket::new(input.title, input.price, user.id);
     ticket.face_value = input.face_value;
     state.tickets.insert(&ticket).await?;
     tracing::info!(ticket_id = %ticket.id, "ticket created");
-    Ok((StatusCode::CREATED, Json(TicketView::from(&ticket))))
+    Ok((StatusCode::CREATED, Json(view(&ticket, false))))
 }
 
 /// `PUT /api/tickets/{id}` — new title and price, version + 1;
@@ -481,7 +424,7 @@ async fn create(
     params(("id" = openapi::ObjectId, Path, description = "The ticket's id")),
     request_body = TicketInput,
     responses(
-        (status = 200, description = "Edited", body = TicketView),
+        (status = 200, description = "Edited", body = wire::Ticket),
         (status = 400, description = "Validation as on create (the cap against the face value given, else the one the ticket has), `Cannot edit a reserved ticket`, or a body that is not the JSON expected", body = ErrorBody),
         (status = 401, description = "Not signed in, or not the seller", body = ErrorBody),
         (status = 404, description = "No such ticket (or not an id)", body = ErrorBody),
@@ -495,7 +438,7 @@ async fn update(
     AuthUser(user): AuthUser,
     Id(id): Id,
     Valid(input): Valid<NewTicket>,
-) -> Result<Json<TicketView>> {
+) -> Result<Json<wire::Ticket>> {
     let outcome = state
         .tickets
         .modify(id, |ticket| {
@@ -523,10 +466,10 @@ async fn update(
     match outcome {
         Outcome::Changed(ticket) => {
             tracing::info!(version = ticket.version, "ticket updated");
-            Ok(Json(TicketView::from(&ticket)))
+            Ok(Json(view(&ticket, false)))
         }
         // An edit is always a change; kept total rather than panicking.
-        Outcome::Unchanged(ticket) => Ok(Json(TicketView::from(&ticket))),
+        Outcome::Unchanged(ticket) => Ok(Json(view(&ticket, false))),
         Outcome::Missing => Err(Error::NotFound),
     }
 }
