@@ -54,9 +54,11 @@ use tracing::Level;
 
 use crate::{
     bus::{Bus, Listener},
+    config::{ConfigError, Env},
     error::{Error, not_found},
     metrics,
     outbox::Relay,
+    overload::Limits,
 };
 
 /// Largest request body any route accepts.
@@ -306,9 +308,42 @@ pub struct Service {
     starts: Vec<Start>,
 }
 
+/// What every service reads alike: the port (`PORT`, default 3000), whether
+/// it runs for local development (`APP_ENV=development`: readable logs,
+/// cookies without `Secure`) and the bound on requests in flight and their
+/// deadline (`MAX_IN_FLIGHT_REQUESTS`, `REQUEST_TIMEOUT_SECONDS`).
+///
+/// The default is what tests start a service with: any free port (`0`),
+/// production mode, the default limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Serving {
+    pub port: u16,
+    pub development: bool,
+    pub limits: Limits,
+}
+
+impl Serving {
+    /// Reads `RUST_LOG` (the log filter's), `PORT`, `APP_ENV` and the limits.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        env.log_filter();
+        Ok(Self {
+            port: env.port()?,
+            development: env.development(),
+            limits: Limits::from_env(env)?,
+        })
+    }
+}
+
 impl Service {
-    /// Binds `port` on every interface (`0` picks a free one) for `router`.
-    pub async fn bind(name: &'static str, port: u16, router: Router) -> anyhow::Result<Self> {
+    /// Binds the port on every interface (`0` picks a free one) for
+    /// `router`, behind the in-flight bound and the deadline of `serving`.
+    pub async fn bind(
+        name: &'static str,
+        serving: Serving,
+        router: Router,
+    ) -> anyhow::Result<Self> {
+        let port = serving.port;
+        let router = serving.limits.apply(router);
         let listener = TcpListener::bind(("0.0.0.0", port))
             .await
             .with_context(|| format!("failed to bind port {port}"))?;

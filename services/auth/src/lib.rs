@@ -21,8 +21,8 @@ use common::{
     client::TrustedProxies,
     config::{ConfigError, Env, Secret},
     health::{self, Ready},
-    mongo, openapi, overload,
-    server::{self, Service},
+    mongo, openapi,
+    server::{self, Service, Serving},
     session::{CookieName, Sessions},
 };
 use utoipa_axum::router::OpenApiRouter;
@@ -30,11 +30,10 @@ use utoipa_axum::router::OpenApiRouter;
 /// Everything auth reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub port: u16,
+    /// Port, development mode, overload limits.
+    pub serving: Serving,
     pub mongo_uri: String,
     pub jwt_key: Secret,
-    /// Local development: readable logs, cookies without `Secure`.
-    pub development: bool,
     /// The name of the session cookie auth sets (`SESSION_COOKIE_NAME`:
     /// `session`, the default, or the original's `express:sess`); every
     /// service accepts both.
@@ -48,25 +47,19 @@ pub struct Settings {
     /// Whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`, default
     /// loopback and the private ranges: the ingress).
     pub trusted_proxies: TrustedProxies,
-    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
-    /// `REQUEST_TIMEOUT_SECONDS`).
-    pub limits: overload::Limits,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        env.log_filter();
         Ok(Self {
-            port: env.port()?,
+            serving: Serving::from_env(env)?,
             mongo_uri: env.required("MONGO_URI")?,
             jwt_key: Secret::new(env.required("JWT_KEY")?),
-            development: env.development(),
             session_cookie_name: env.parse_or("SESSION_COOKIE_NAME", CookieName::default())?,
             password_queue_limit: env
                 .parse_or("PASSWORD_QUEUE_LIMIT", password::default_queue_limit())?,
             signin_policy: throttle::Policy::from_env(env)?,
             trusted_proxies: env.parse_or("TRUSTED_PROXIES", TrustedProxies::private_networks())?,
-            limits: overload::Limits::from_env(env)?,
         })
     }
 }
@@ -120,12 +113,12 @@ impl Application {
         users.ensure_indexes().await?;
         let state = AppState {
             users,
-            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development)
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.serving.development)
                 .with_cookie_name(settings.session_cookie_name),
             hasher: password::Hasher::new(settings.password_queue_limit),
             throttle,
             trusted_proxies: settings.trusted_proxies,
         };
-        Service::bind("auth", settings.port, settings.limits.apply(app(state))).await
+        Service::bind("auth", settings.serving, app(state)).await
     }
 }

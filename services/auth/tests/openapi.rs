@@ -6,15 +6,13 @@ use common::config::Secret;
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_routes_it_serves() {
     let settings = Settings {
-        port: 0,
+        serving: Default::default(),
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
-        development: false,
         session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: Default::default(),
         trusted_proxies: common::client::TrustedProxies::private_networks(),
-        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await

@@ -12,15 +12,13 @@ use testkit::{Reply, TestApp};
 
 async fn spawn_auth(mongo_uri: &str, policy: Policy) -> TestApp {
     let settings = Settings {
-        port: 0,
+        serving: Default::default(),
         mongo_uri: mongo_uri.to_owned(),
         jwt_key: Secret::new(testkit::JWT_KEY),
-        development: false,
         session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: policy,
         trusted_proxies: TrustedProxies::private_networks(),
-        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await
@@ -150,10 +148,9 @@ async fn one_address_guessing_many_accounts_is_refused_past_its_own_limit() {
 async fn a_forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
     // Nobody is trusted: the peer (loopback) is the client, whatever it says.
     let settings = Settings {
-        port: 0,
+        serving: Default::default(),
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
-        development: false,
         session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: Policy {
@@ -162,7 +159,6 @@ async fn a_forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
             window: Duration::from_secs(60),
         },
         trusted_proxies: TrustedProxies::none(),
-        limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
     let app = testkit::start(app);

@@ -21,15 +21,13 @@ async fn spawn_auth_with(
     password_queue_limit: usize,
 ) -> TestApp {
     let settings = Settings {
-        port: 0,
+        serving: Default::default(),
         mongo_uri: testkit::mongo_uri("auth"),
         jwt_key: Secret::new(testkit::JWT_KEY),
-        development: false,
         session_cookie_name,
         password_queue_limit,
         signin_policy: Default::default(),
         trusted_proxies: common::client::TrustedProxies::private_networks(),
-        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await

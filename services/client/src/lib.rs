@@ -28,7 +28,7 @@ use axum::{Router, middleware};
 use common::{
     config::{ConfigError, Env},
     health::{self, Ready},
-    server::{self, Service},
+    server::{self, Service, Serving},
 };
 
 /// Stripe's own Stripe.js.
@@ -37,7 +37,8 @@ pub const DEFAULT_STRIPE_JS_URL: &str = "https://js.stripe.com/v3/";
 /// Everything the client reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub port: u16,
+    /// Port, development mode, overload limits.
+    pub serving: Serving,
     /// The ingress the APIs are reached through (`http://127.0.0.1:8080`
     /// locally, the ingress controller's service in a cluster).
     pub api_base_url: String,
@@ -47,16 +48,10 @@ pub struct Settings {
     /// Where Stripe.js is loaded from (`STRIPE_JS_URL`, default
     /// `https://js.stripe.com/v3/`; the local fleet: the Stripe fake's).
     pub stripe_js_url: String,
-    /// Local development: readable logs.
-    pub development: bool,
-    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
-    /// `REQUEST_TIMEOUT_SECONDS`).
-    pub limits: common::overload::Limits,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        env.log_filter();
         let api_base_url = env.required("API_BASE_URL")?;
         let stripe_publishable_key = env.optional("STRIPE_PUBLISHABLE_KEY");
         let stripe_js_url = env
@@ -69,12 +64,10 @@ impl Settings {
             });
         }
         let settings = Self {
-            port: env.port()?,
+            serving: Serving::from_env(env)?,
             api_base_url: api_base_url.trim().trim_end_matches('/').to_owned(),
             stripe_publishable_key,
             stripe_js_url,
-            development: env.development(),
-            limits: common::overload::Limits::from_env(env)?,
         };
         api::check_base_url(&settings.api_base_url).map_err(|reason| ConfigError::Invalid {
             name: "API_BASE_URL",
@@ -146,6 +139,6 @@ impl Application {
     /// Binds the port (`0` picks a free one); the API is not called yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let state = AppState::new(&settings)?;
-        Service::bind("client", settings.port, settings.limits.apply(app(state))).await
+        Service::bind("client", settings.serving, app(state)).await
     }
 }

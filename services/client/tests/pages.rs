@@ -128,12 +128,13 @@ fn order(status: &str, expires_in_seconds: i64) -> Value {
 
 async fn spawn_client(api_base_url: &str) -> TestApp {
     let settings = Settings {
-        port: 0,
+        serving: common::server::Serving {
+            development: true,
+            ..Default::default()
+        },
         api_base_url: api_base_url.to_owned(),
         stripe_publishable_key: None,
         stripe_js_url: client::DEFAULT_STRIPE_JS_URL.to_owned(),
-        development: true,
-        limits: Default::default(),
     };
     let app = Application::build(settings)
         .await
@@ -1094,12 +1095,13 @@ async fn with_a_publishable_key_the_order_page_uses_stripe_js() {
         );
     let api = FakeApi::start(routes).await;
     let settings = Settings {
-        port: 0,
+        serving: common::server::Serving {
+            development: true,
+            ..Default::default()
+        },
         api_base_url: api.base_url.clone(),
         stripe_publishable_key: Some("pk_test_123".into()),
         stripe_js_url: client::DEFAULT_STRIPE_JS_URL.to_owned(),
-        development: true,
-        limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
     let app = testkit::start(app);
@@ -1175,14 +1177,15 @@ async fn order_page_with_payment(
         );
     let api = FakeApi::start(routes).await;
     let settings = Settings {
-        port: 0,
+        serving: common::server::Serving {
+            development: true,
+            ..Default::default()
+        },
         api_base_url: api.base_url.clone(),
         stripe_publishable_key: stripe_js.map(|_| "pk_test_fake".to_owned()),
         stripe_js_url: stripe_js
             .unwrap_or(client::DEFAULT_STRIPE_JS_URL)
             .to_owned(),
-        development: true,
-        limits: Default::default(),
     };
     let app = Application::build(settings).await.unwrap();
     let app = testkit::start(app);

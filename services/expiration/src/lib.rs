@@ -28,7 +28,7 @@ use common::{
     bus::{Bus, BusConfig},
     config::{ConfigError, Env},
     health::{self, Ready},
-    server::{self, Service},
+    server::{self, Service, Serving},
 };
 
 use crate::{
@@ -46,29 +46,22 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Everything expiration reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub port: u16,
+    /// Port, development mode, overload limits.
+    pub serving: Serving,
     pub redis_url: String,
     pub bus: BusConfig,
     /// Prefix of the Redis keys (`<prefix>:jobs`): `expiration` in production,
     /// a unique one per test.
     pub key_prefix: String,
-    /// Local development: readable logs.
-    pub development: bool,
-    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
-    /// `REQUEST_TIMEOUT_SECONDS`).
-    pub limits: common::overload::Limits,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        env.log_filter();
         Ok(Self {
-            port: env.port()?,
+            serving: Serving::from_env(env)?,
             redis_url: env.required("REDIS_URL")?,
             bus: BusConfig::from_env(env)?.with_connection_name("expiration"),
             key_prefix: "expiration".to_owned(),
-            development: env.development(),
-            limits: common::overload::Limits::from_env(env)?,
         })
     }
 }
@@ -108,11 +101,11 @@ impl Application {
         let bus = Bus::connect(settings.bus).await?;
         let scheduler = Scheduler::new(jobs.clone(), bus.clone(), SchedulerConfig::default());
         let listener = ScheduleExpiration::new(jobs.clone(), scheduler.waker());
-        let router = settings.limits.apply(app(AppState {
+        let router = app(AppState {
             jobs,
             bus: bus.clone(),
-        }));
-        Ok(Service::bind("expiration", settings.port, router)
+        });
+        Ok(Service::bind("expiration", settings.serving, router)
             .await?
             .listen(&bus, SERVICE, listener)
             .task(move |stop| scheduler.run(stop)))
@@ -143,6 +136,6 @@ mod tests {
             ]
         );
         assert_eq!(settings.key_prefix, "expiration");
-        assert_eq!(settings.port, 3000);
+        assert_eq!(settings.serving.port, 3000);
     }
 }

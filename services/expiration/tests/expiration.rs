@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::bus::Bus;
 use common::events::{Event, ExpirationComplete, OrderCreated};
+use common::{bus::Bus, server::Serving};
 use expiration::jobs::Jobs;
 use expiration::{Application, SERVICE, Settings};
 use futures::StreamExt as _;
@@ -35,12 +35,13 @@ struct World {
 impl World {
     async fn new() -> World {
         let settings = Settings {
-            port: 0,
+            serving: Serving {
+                development: true,
+                ..Default::default()
+            },
             redis_url: testkit::infra().redis_url.clone(),
             bus: testkit::bus_config(),
             key_prefix: testkit::unique_name("expiration"),
-            development: true,
-            limits: Default::default(),
         };
         let bus = Bus::connect(settings.bus.clone())
             .await

@@ -30,7 +30,7 @@ use common::{
     health::{self, Ready},
     mongo, openapi,
     outbox::Relay,
-    server::{self, Service},
+    server::{self, Service, Serving},
     session::Sessions,
 };
 use utoipa_axum::router::OpenApiRouter;
@@ -40,15 +40,11 @@ use store::{Orders, Tickets};
 /// Everything orders reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub port: u16,
+    /// Port, development mode, overload limits.
+    pub serving: Serving,
     pub mongo_uri: String,
     pub bus: BusConfig,
     pub jwt_key: Secret,
-    /// Local development: readable logs, cookies without `Secure`.
-    pub development: bool,
-    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
-    /// `REQUEST_TIMEOUT_SECONDS`).
-    pub limits: common::overload::Limits,
     /// How long an order holds its ticket (`EXPIRATION_WINDOW_SECONDS`,
     /// default 15 minutes).
     pub expiration_window: Duration,
@@ -63,14 +59,11 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        env.log_filter();
         Ok(Self {
-            port: env.port()?,
+            serving: Serving::from_env(env)?,
             mongo_uri: env.required("MONGO_URI")?,
             bus: BusConfig::from_env(env)?.with_connection_name("orders"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
-            development: env.development(),
-            limits: common::overload::Limits::from_env(env)?,
             expiration_window: Duration::from_secs(env.parse_or("EXPIRATION_WINDOW_SECONDS", 900)?),
             max_active_orders_per_user: match env.parse_or("MAX_ACTIVE_ORDERS_PER_USER", 4)? {
                 0 => {
@@ -143,14 +136,13 @@ impl Application {
         let state = AppState {
             orders: orders.clone(),
             tickets: tickets.clone(),
-            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.serving.development),
             bus: bus.clone(),
             database,
             expiration_window: settings.expiration_window,
             max_active_orders_per_user: settings.max_active_orders_per_user,
         };
-        let service =
-            Service::bind("orders", settings.port, settings.limits.apply(app(state))).await?;
+        let service = Service::bind("orders", settings.serving, app(state)).await?;
         Ok(events::listen(service, &bus, &orders, &tickets)
             .relay(settings.outbox_relay.then_some(relay)))
     }
@@ -164,11 +156,11 @@ mod tests {
     fn settings_read_the_documented_variables_with_their_defaults() {
         let env = Env::recording();
         let settings = Settings::from_env(&env).unwrap();
-        assert_eq!(settings.port, 3000);
+        assert_eq!(settings.serving.port, 3000);
         assert_eq!(settings.expiration_window, Duration::from_secs(900));
         assert_eq!(settings.max_active_orders_per_user, 4);
         assert!(settings.outbox_relay, "the relay always runs outside tests");
-        assert!(!settings.development);
+        assert!(!settings.serving.development);
         let mut read = env.recorded();
         read.sort();
         assert_eq!(

@@ -30,7 +30,7 @@ use common::{
     health::{self, Ready},
     mongo, openapi,
     outbox::Relay,
-    server::{self, Service},
+    server::{self, Service, Serving},
     session::Sessions,
 };
 use mongodb::Database;
@@ -46,7 +46,8 @@ use crate::{
 /// Everything payments reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub port: u16,
+    /// Port, development mode, overload limits.
+    pub serving: Serving,
     pub mongo_uri: String,
     pub jwt_key: Secret,
     /// Stripe's secret key (`sk_…`).
@@ -59,11 +60,6 @@ pub struct Settings {
     pub stripe_api_base: Option<String>,
     /// NATS JetStream (from `NATS_URL`).
     pub bus: BusConfig,
-    /// Local development: readable logs, cookies without `Secure`.
-    pub development: bool,
-    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
-    /// `REQUEST_TIMEOUT_SECONDS`).
-    pub limits: common::overload::Limits,
     /// Whether to run the outbox relay (always, in a real process). Tests turn
     /// it off to play a crash between the write and the publish.
     pub outbox_relay: bool,
@@ -71,7 +67,6 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        env.log_filter();
         let stripe_api_base = env.optional("STRIPE_API_BASE");
         if let Some(base) = &stripe_api_base
             && !(base.starts_with("http://") || base.starts_with("https://"))
@@ -82,15 +77,13 @@ impl Settings {
             });
         }
         Ok(Self {
-            port: env.port()?,
+            serving: Serving::from_env(env)?,
             mongo_uri: env.required("MONGO_URI")?,
             jwt_key: Secret::new(env.required("JWT_KEY")?),
             stripe_key: Secret::new(env.required("STRIPE_KEY")?),
             webhook_secret: Secret::new(env.required("STRIPE_WEBHOOK_SECRET")?),
             stripe_api_base,
             bus: BusConfig::from_env(env)?.with_connection_name("payments"),
-            development: env.development(),
-            limits: common::overload::Limits::from_env(env)?,
             outbox_relay: true,
         })
     }
@@ -167,10 +160,9 @@ impl Application {
             settle: settle.clone(),
             webhook_secret: settings.webhook_secret.clone(),
             bus: bus.clone(),
-            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.serving.development),
         };
-        let service =
-            Service::bind("payments", settings.port, settings.limits.apply(app(state))).await?;
+        let service = Service::bind("payments", settings.serving, app(state)).await?;
         let created = OrderCreatedListener {
             orders: orders.clone(),
         };

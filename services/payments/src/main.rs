@@ -4,7 +4,7 @@ use payments::{Application, Settings};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = config::load_or_exit("payments", Settings::from_env);
-    telemetry::init("payments", settings.development);
+    telemetry::init("payments", settings.serving.development);
     let app = Application::build(settings).await?;
     app.run_until(server::shutdown_token()).await
 }

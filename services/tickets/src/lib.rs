@@ -29,7 +29,7 @@ use common::{
     health::{self, Ready},
     mongo, openapi,
     outbox::Relay,
-    server::{self, Service},
+    server::{self, Service, Serving},
     session::Sessions,
 };
 use utoipa_axum::router::OpenApiRouter;
@@ -39,15 +39,11 @@ use crate::events::{OrderCancelledListener, OrderCreatedListener, PaymentCreated
 /// Everything tickets reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub port: u16,
+    /// Port, development mode, overload limits.
+    pub serving: Serving,
     pub mongo_uri: String,
     pub bus: BusConfig,
     pub jwt_key: Secret,
-    /// Local development: readable logs, cookies without `Secure`.
-    pub development: bool,
-    /// In-flight bound and request deadline (`MAX_IN_FLIGHT_REQUESTS`,
-    /// `REQUEST_TIMEOUT_SECONDS`).
-    pub limits: common::overload::Limits,
     /// Whether the outbox relay runs. Always true from the environment; tests
     /// turn it off to play a crash after the write and before the publish.
     pub outbox_relay: bool,
@@ -58,14 +54,11 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        env.log_filter();
         Ok(Self {
-            port: env.port()?,
+            serving: Serving::from_env(env)?,
             mongo_uri: env.required("MONGO_URI")?,
             bus: BusConfig::from_env(env)?.with_connection_name("tickets"),
             jwt_key: Secret::new(env.required("JWT_KEY")?),
-            development: env.development(),
-            limits: common::overload::Limits::from_env(env)?,
             outbox_relay: true,
             resale_cap_percent: match env.optional("RESALE_CAP_PERCENT") {
                 None => None,
@@ -134,12 +127,11 @@ impl Application {
         tickets.backfill_prefixes().await?;
         let state = AppState {
             tickets: tickets.clone(),
-            sessions: Sessions::new(settings.jwt_key.expose(), !settings.development),
+            sessions: Sessions::new(settings.jwt_key.expose(), !settings.serving.development),
             bus: bus.clone(),
             resale_cap_percent: settings.resale_cap_percent,
         };
-        let service =
-            Service::bind("tickets", settings.port, settings.limits.apply(app(state))).await?;
+        let service = Service::bind("tickets", settings.serving, app(state)).await?;
         Ok(service
             .listen(
                 &bus,
@@ -170,13 +162,13 @@ mod tests {
             [
                 "RUST_LOG",
                 "PORT",
+                "APP_ENV",
+                "MAX_IN_FLIGHT_REQUESTS",
+                "REQUEST_TIMEOUT_SECONDS",
                 "MONGO_URI",
                 "NATS_URL",
                 "NATS_STREAM_REPLICAS",
                 "JWT_KEY",
-                "APP_ENV",
-                "MAX_IN_FLIGHT_REQUESTS",
-                "REQUEST_TIMEOUT_SECONDS",
                 "RESALE_CAP_PERCENT"
             ]
         );

@@ -4,7 +4,7 @@ use tickets::{Application, Settings};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = config::load_or_exit("tickets", Settings::from_env);
-    telemetry::init("tickets", settings.development);
+    telemetry::init("tickets", settings.serving.development);
     let app = Application::build(settings).await?;
     app.run_until(server::shutdown_token()).await
 }

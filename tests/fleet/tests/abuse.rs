@@ -38,15 +38,16 @@ fn ip(text: &str) -> IpAddr {
 async fn second_auth_replica(shop: &Shop) -> TestApp {
     let mongo = &shop.stack.infra().endpoints().mongo_uri;
     let settings = auth::Settings {
-        port: 0,
+        serving: common::server::Serving {
+            development: true,
+            ..Default::default()
+        },
         mongo_uri: format!("{}/auth", mongo.trim_end_matches('/')),
         jwt_key: common::config::Secret::new(testkit::JWT_KEY),
-        development: true,
         session_cookie_name: Default::default(),
         password_queue_limit: auth::password::default_queue_limit(),
         signin_policy: Default::default(),
         trusted_proxies: common::client::TrustedProxies::private_networks(),
-        limits: Default::default(),
     };
     let app = auth::Application::build(settings)
         .await

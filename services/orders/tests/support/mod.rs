@@ -24,12 +24,10 @@ use testkit::{Harness, Reply};
 /// Settings for a fresh service: its own database and bus namespace.
 pub fn settings() -> Settings {
     Settings {
-        port: 0,
+        serving: Default::default(),
         mongo_uri: testkit::mongo_uri("orders"),
         bus: testkit::bus_config(),
         jwt_key: Secret::new(testkit::JWT_KEY),
-        development: false,
-        limits: Default::default(),
         expiration_window: Duration::from_secs(15 * 60),
         max_active_orders_per_user: 4,
         outbox_relay: true,

@@ -32,7 +32,7 @@ pub fn stripe_api_base() -> String {
 /// Settings for a fresh service: its own database and bus namespace.
 pub fn settings() -> Settings {
     Settings {
-        port: 0,
+        serving: Default::default(),
         mongo_uri: testkit::mongo_uri("payments"),
         jwt_key: Secret::new(testkit::JWT_KEY),
         // An account of its own at the fake.
@@ -40,8 +40,6 @@ pub fn settings() -> Settings {
         webhook_secret: Secret::new(WEBHOOK_SECRET),
         stripe_api_base: Some(stripe_api_base()),
         bus: testkit::bus_config(),
-        development: false,
-        limits: Default::default(),
         outbox_relay: true,
     }
 }

@@ -31,12 +31,10 @@ impl Namespace {
 
     pub fn settings(&self, outbox_relay: bool) -> Settings {
         Settings {
-            port: 0,
+            serving: Default::default(),
             mongo_uri: self.mongo_uri.clone(),
             bus: self.bus.clone(),
             jwt_key: Secret::new(testkit::JWT_KEY),
-            development: false,
-            limits: Default::default(),
             outbox_relay,
             resale_cap_percent: None,
         }
