@@ -45,3 +45,16 @@ pub fn collect(checks: &[(&'static str, bool)]) -> Result<(), Vec<&'static str>>
         .collect();
     if down.is_empty() { Ok(()) } else { Err(down) }
 }
+
+/// The check of a service on MongoDB and NATS (orders, payments, tickets):
+/// `mongo` when its database does not answer a ping, `nats` while the bus is
+/// not connected.
+pub async fn mongo_and_nats(
+    db: &mongodb::Database,
+    bus: &crate::bus::Bus,
+) -> Result<(), Vec<&'static str>> {
+    collect(&[
+        ("mongo", crate::mongo::ping(db).await.is_ok()),
+        ("nats", bus.is_ready()),
+    ])
+}

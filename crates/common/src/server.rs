@@ -74,12 +74,21 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A JSON API service's complete router: its documented routes with
-/// `/openapi.json`, the probes (`/healthz`, `/readyz` from [`Ready`]), then
+/// `/openapi.json` (the description `doc` starts, see
+/// [`crate::openapi::document`], and the routes complete from the same
+/// code), the probes (`/healthz`, `/readyz` from [`Ready`]), then
 /// [`finish`]'s `/metrics` and layers.
-pub fn api_app<S>(api: utoipa_axum::router::OpenApiRouter<S>, state: S) -> Router
+///
+/// [`Ready`]: crate::health::Ready
+pub fn api_app<S>(
+    doc: utoipa::openapi::OpenApi,
+    routes: utoipa_axum::router::OpenApiRouter<S>,
+    state: S,
+) -> Router
 where
     S: crate::health::Ready + Clone + Send + Sync + 'static,
 {
+    let api = utoipa_axum::router::OpenApiRouter::with_openapi(doc).merge(routes);
     finish(
         Router::new()
             .merge(crate::openapi::serve(api))

@@ -25,7 +25,6 @@ use common::{
     server::{self, Service, Serving},
     session::{CookieName, Sessions},
 };
-use utoipa_axum::router::OpenApiRouter;
 
 /// Everything auth reads from the environment.
 #[derive(Debug, Clone)]
@@ -84,19 +83,14 @@ impl Ready for AppState {
 /// The complete router: the documented routes with `/openapi.json`, the
 /// probes and the fleet's common layers (with `/metrics`).
 pub fn app(state: AppState) -> Router {
-    server::api_app(api(), state)
-}
-
-/// The HTTP API: its routes and their OpenAPI description, from the same code.
-pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::document(
+    let doc = openapi::document(
         "auth",
         env!("CARGO_PKG_VERSION"),
         "Ticketing's users: sign up, sign in, sign out, and who is signed in. Sign-up and sign-in \
          set the session cookie (`session`, or `express:sess` as the original app named it: \
          every service of the fleet accepts both).",
-    ))
-    .merge(routes::users::router())
+    );
+    server::api_app(doc, routes::users::router(), state)
 }
 
 /// Builds the service: [`Application::build`].

@@ -33,7 +33,6 @@ use common::{
     server::{self, Service, Serving},
     session::Sessions,
 };
-use utoipa_axum::router::OpenApiRouter;
 
 use store::{Orders, Tickets};
 
@@ -94,28 +93,20 @@ pub struct AppState {
 
 impl Ready for AppState {
     async fn check(&self) -> Result<(), Vec<&'static str>> {
-        health::collect(&[
-            ("mongo", mongo::ping(&self.database).await.is_ok()),
-            ("nats", self.bus.is_ready()),
-        ])
+        health::mongo_and_nats(&self.database, &self.bus).await
     }
 }
 
 /// The complete router: the documented routes with `/openapi.json`, the
 /// probes and the fleet's common layers (with `/metrics`).
 pub fn app(state: AppState) -> Router {
-    server::api_app(api(), state)
-}
-
-/// The HTTP API: its routes and their OpenAPI description, from the same code.
-pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::document(
+    let doc = openapi::document(
         "orders",
         env!("CARGO_PKG_VERSION"),
         "Ticketing's orders: buy a ticket (it is reserved for the expiration window), \
          see and cancel your orders.",
-    ))
-    .merge(routes::orders::router())
+    );
+    server::api_app(doc, routes::orders::router(), state)
 }
 
 /// Builds the service: [`Application::build`].

@@ -34,7 +34,6 @@ use common::{
     session::Sessions,
 };
 use mongodb::Database;
-use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     events::{OrderCancelledListener, OrderCreatedListener, SERVICE},
@@ -105,28 +104,23 @@ pub struct AppState {
 
 impl Ready for AppState {
     async fn check(&self) -> Result<(), Vec<&'static str>> {
-        health::collect(&[
-            ("mongo", mongo::ping(&self.db).await.is_ok()),
-            ("nats", self.bus.is_ready()),
-        ])
+        health::mongo_and_nats(&self.db, &self.bus).await
     }
 }
 
-/// The complete router: the documented route with `/openapi.json`, the
+/// The complete router: the documented routes with `/openapi.json`, the
 /// probes and the fleet's common layers (with `/metrics`).
 pub fn app(state: AppState) -> Router {
-    server::api_app(api(), state)
-}
-
-/// The HTTP API: its route and its OpenAPI description, from the same code.
-pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::document(
+    let doc = openapi::document(
         "payments",
         env!("CARGO_PKG_VERSION"),
         "Ticketing's payments: one Stripe PaymentIntent per order, signed webhooks, refunds of late money.",
-    ))
-    .merge(routes::payments::router())
-    .merge(routes::webhook::router())
+    );
+    server::api_app(
+        doc,
+        routes::payments::router().merge(routes::webhook::router()),
+        state,
+    )
 }
 
 /// Builds the service: [`Application::build`].

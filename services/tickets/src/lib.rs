@@ -32,7 +32,6 @@ use common::{
     server::{self, Service, Serving},
     session::Sessions,
 };
-use utoipa_axum::router::OpenApiRouter;
 
 use crate::events::{OrderCancelledListener, OrderCreatedListener, PaymentCreatedListener};
 
@@ -86,28 +85,20 @@ pub struct AppState {
 
 impl Ready for AppState {
     async fn check(&self) -> Result<(), Vec<&'static str>> {
-        health::collect(&[
-            ("mongo", mongo::ping(self.tickets.database()).await.is_ok()),
-            ("nats", self.bus.is_ready()),
-        ])
+        health::mongo_and_nats(self.tickets.database(), &self.bus).await
     }
 }
 
 /// The complete router: the documented routes with `/openapi.json`, the
 /// probes and the fleet's common layers (with `/metrics`).
 pub fn app(state: AppState) -> Router {
-    server::api_app(api(), state)
-}
-
-/// The HTTP API: its routes and their OpenAPI description, from the same code.
-pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::document(
+    let doc = openapi::document(
         "tickets",
         env!("CARGO_PKG_VERSION"),
         "Ticketing's tickets: list what is for sale, show one, sell one, edit one. \
          Prices are dollars with at most two decimals.",
-    ))
-    .merge(routes::tickets::router())
+    );
+    server::api_app(doc, routes::tickets::router(), state)
 }
 
 /// Builds the service: [`Application::build`].
