@@ -268,7 +268,8 @@ impl ListQuery {
             price.insert("$gte", min);
         }
         if let Some(max) = self.max_price {
-            price.insert("$lte", max);
+            // `<= max` as `< max + 1` (see `range`).
+            price.insert("$lt", max.saturating_add(1));
         }
         if self.sort.on_price() {
             // One range on the price: the window's, and the filter's bound
@@ -404,11 +405,23 @@ impl ListQuery {
         // one, and reads the window and what lies before it, not the rest
         // of the axis.
         let mut range = Document::new();
+        let mut bound = |op: &str, position: Position| {
+            // Prices are whole cents, so `<= p` is `< p + 1`. SecantusDB's
+            // Python server drops the keys equal to a `$lte` bound on a field
+            // that a compound index follows with another (`price`, then
+            // `_id`): seen with pymongo, `{price: {$lte: 100}}` found none of
+            // the tickets at 100 through `for_sale_by_price`.
+            if on_price && op == "$lte" {
+                range.insert("$lt", value(position.saturating_add(1)));
+            } else {
+                range.insert(op, value(position));
+            }
+        };
         if let Some(to) = window.to {
-            range.insert(end, value(to));
+            bound(end, to);
         }
         if let Some((from, included)) = window.from {
-            range.insert(if included { inside } else { outside }, value(from));
+            bound(if included { inside } else { outside }, from);
         }
         range
     }
@@ -663,7 +676,7 @@ mod tests {
         assert_eq!(
             query.filter_in(&window),
             doc! { "orderId": Bson::Null, "withdrawn": Bson::Null,
-            "price": { "$lte": 2500_i64, "$gte": 2000_i64 } }
+            "price": { "$lt": 2501_i64, "$gte": 2000_i64 } }
         );
         // Past the filter's maximum the window is the last, bounded by it.
         let last = query.next_window(&window, 4000.0).unwrap();
@@ -671,7 +684,7 @@ mod tests {
         assert_eq!(
             query.filter_in(&last),
             doc! { "orderId": Bson::Null, "withdrawn": Bson::Null,
-            "price": { "$gt": 2500_i64, "$lte": 3000_i64 } }
+            "price": { "$gt": 2500_i64, "$lt": 3001_i64 } }
         );
     }
 
