@@ -188,6 +188,21 @@ impl PaymentStatus {
     }
 }
 
+/// `value` as a query string component (the API's `Link` headers, the
+/// client's calls and links): RFC 3986's unreserved characters as they are,
+/// every other byte `%XX`.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -225,6 +240,13 @@ mod tests {
             "reserved"
         );
         assert!(!reserved.can_withdraw());
+    }
+
+    #[test]
+    fn query_components_keep_only_unreserved_characters() {
+        assert_eq!(percent_encode("AZaz09-._~"), "AZaz09-._~");
+        assert_eq!(percent_encode("radio madi"), "radio%20madi");
+        assert_eq!(percent_encode("a&b=c/é"), "a%26b%3Dc%2F%C3%A9");
     }
 
     #[test]

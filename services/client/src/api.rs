@@ -329,32 +329,22 @@ impl ApiClient {
         }))
     }
 
-    pub async fn signup(
+    /// Signs up (`signup`) or in with the visitor's credentials: auth's
+    /// `Set-Cookie` headers.
+    pub async fn credentials(
         &self,
         visitor: &Visitor,
+        signup: bool,
         email: &str,
         password: &str,
     ) -> ApiResult<SetCookies> {
-        self.authenticate(
-            visitor,
-            "/api/users/signup",
-            json!({"email": email, "password": password}),
-        )
-        .await
-    }
-
-    pub async fn signin(
-        &self,
-        visitor: &Visitor,
-        email: &str,
-        password: &str,
-    ) -> ApiResult<SetCookies> {
-        self.authenticate(
-            visitor,
-            "/api/users/signin",
-            json!({"email": email, "password": password}),
-        )
-        .await
+        let path = if signup {
+            "/api/users/signup"
+        } else {
+            "/api/users/signin"
+        };
+        let body = json!({"email": email, "password": password});
+        self.authenticate(visitor, path, body).await
     }
 
     pub async fn signout(&self, visitor: &Visitor) -> ApiResult<SetCookies> {

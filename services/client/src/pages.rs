@@ -356,18 +356,7 @@ pub fn safe_next(next: &str) -> &str {
     if local { next } else { "/" }
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
+pub use common::wire::percent_encode;
 
 /// A form body; an unreadable one is the friendly 400 page, not axum's text.
 #[derive(Debug)]

@@ -26,12 +26,22 @@ use crate::{
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/auth/signup", get(signup_page).post(signup))
-        .route("/auth/signin", get(signin_page).post(signin))
+        .route(
+            "/auth/signup",
+            get(form_page::<SIGN_UP>).post(submit::<SIGN_UP>),
+        )
+        .route(
+            "/auth/signin",
+            get(form_page::<SIGN_IN>).post(submit::<SIGN_IN>),
+        )
         .route("/auth/signout", get(signout_page).post(signout))
 }
 
 const FIELDS: &[&str] = &["email", "password"];
+
+/// Which of the two forms (`SIGNUP` in the handlers and the page).
+const SIGN_UP: bool = true;
+const SIGN_IN: bool = false;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -86,36 +96,19 @@ struct SignoutPage {
     layout: Layout,
 }
 
-async fn signup_page(
-    state: State<AppState>,
-    visitor: Visitor,
-    query: NextParam,
-) -> Result<Response, PageError> {
-    form_page(&state, &visitor, query, true).await
-}
-
-async fn signin_page(
-    state: State<AppState>,
-    visitor: Visitor,
-    query: NextParam,
-) -> Result<Response, PageError> {
-    form_page(&state, &visitor, query, false).await
-}
-
 /// The empty form; a visitor who is signed in already goes on to `next`.
-async fn form_page(
-    state: &AppState,
-    visitor: &Visitor,
+async fn form_page<const SIGNUP: bool>(
+    State(state): State<AppState>,
+    visitor: Visitor,
     query: NextParam,
-    signup: bool,
 ) -> Result<Response, PageError> {
     let next = query.map(|Query(q)| q.next).unwrap_or_default();
-    if current_user(state, visitor).await?.is_some() {
+    if current_user(&state, &visitor).await?.is_some() {
         return Ok(see_other(safe_next(&next)));
     }
     let page = AuthPage {
         layout: Layout::new(None),
-        signup,
+        signup: SIGNUP,
         email: String::new(),
         next: safe_next(&next).to_owned(),
         errors: FormErrors::none(),
@@ -123,35 +116,20 @@ async fn form_page(
     Ok(render(StatusCode::OK, &page))
 }
 
-#[tracing::instrument(skip_all)]
-async fn signup(
+/// The form posted: auth's cookie and on to `next`, or the form again.
+#[tracing::instrument(skip_all, fields(signup = SIGNUP))]
+async fn submit<const SIGNUP: bool>(
     State(state): State<AppState>,
     visitor: Visitor,
     PageForm(form): PageForm<CredentialsForm>,
 ) -> Result<Response, PageError> {
     match state
         .api
-        .signup(&visitor, form.email.trim(), &form.password)
+        .credentials(&visitor, SIGNUP, form.email.trim(), &form.password)
         .await
     {
         Ok(cookies) => Ok(signed_in(&form, cookies)),
-        Err(error) => Ok(refused(form, form_errors(error)?, true)),
-    }
-}
-
-#[tracing::instrument(skip_all)]
-async fn signin(
-    State(state): State<AppState>,
-    visitor: Visitor,
-    PageForm(form): PageForm<CredentialsForm>,
-) -> Result<Response, PageError> {
-    match state
-        .api
-        .signin(&visitor, form.email.trim(), &form.password)
-        .await
-    {
-        Ok(cookies) => Ok(signed_in(&form, cookies)),
-        Err(error) => Ok(refused(form, form_errors(error)?, false)),
+        Err(error) => Ok(refused(form, form_errors(error)?, SIGNUP)),
     }
 }
 
