@@ -288,24 +288,10 @@ impl ListParams {
         pairs.push(("cursor", next.encode()));
         let query_string: Vec<String> = pairs
             .iter()
-            .map(|(name, value)| format!("{name}={}", percent_encode(value)))
+            .map(|(name, value)| format!("{name}={}", wire::percent_encode(value)))
             .collect();
         format!("/api/tickets?{}", query_string.join("&"))
     }
-}
-
-/// `value` as a query string component: unreserved characters as they are,
-/// every other byte `%XX`.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// `GET /api/tickets` — the tickets for sale (no order reserves them, not
