@@ -47,13 +47,14 @@ test: ## Build everything and run all tests against ephemeral infrastructure
 	$(DEV) fleet --stripe-js --expiration-window 120 -- node --test --test-concurrency=1 tests/browser/stripe/*.test.mjs
 	$(FUZZ)
 
-# The listing's windows again on SecantusDB's Python server, the fallback
+# A test of the listing's price bounds again on SecantusDB's Python server, the fallback
 # until the native one is built: the servers differ in how they bound an
 # index scan (the Python one dropped the keys at a `$lte` bound), and the
-# listing is where our queries lean on that most. About 30 s; not with
+# listing is where our queries lean on that most. A few seconds; not with
 # CI's mongo:7 or a real mongod (bootstrap then installs no SecantusDB).
 FALLBACK = $(if $(TEST_INFRA),if [ -x .dev/venv/bin/secantusd-py ]; then \
-	TICKETING_MONGO_SERVER=python $(DEV) infra -- $(CARGO) test -p tickets --test api -- windows; fi,)
+	TICKETING_MONGO_SERVER=python $(DEV) infra -- $(CARGO) test -p tickets --test api -- \
+	windows::tickets_on_a_price_bound_or_a_window_end_are_listed; fi,)
 
 # schemathesis against every API service's /openapi.json, through the ingress of
 # a fleet of its own; about a minute (FUZZ_MAX_EXAMPLES per operation and phase,

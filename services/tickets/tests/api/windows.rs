@@ -148,3 +148,46 @@ async fn every_page_read_in_windows_is_the_page_of_one_read() {
         }
     }
 }
+
+/// Tickets sharing a few prices, paged one at a time cheapest first and
+/// dearest first, with and without a price bound that some of them sit on:
+/// every ticket at a bound or at a window's end is listed, once. (Small, so
+/// that `make test` runs it on each MongoDB-wire server; SecantusDB's
+/// Python server once dropped the keys at a `$lte` bound of a compound
+/// index.)
+#[tokio::test]
+async fn tickets_on_a_price_bound_or_a_window_end_are_listed() {
+    let t = spawn().await;
+    let tickets: Vec<Document> = (0..24u32)
+        .map(|n| {
+            let title = format!("concert {n}");
+            doc! {
+                "_id": ObjectId::new(),
+                "prefixes": search::prefixes(&title),
+                "title": title,
+                "price": i64::from(100 * (1 + n % 4)),
+                "userId": "seller",
+                "version": 0_i64,
+            }
+        })
+        .collect();
+    t.store.documents().insert_many(tickets).await.unwrap();
+    let base = ListQuery::for_sale(100);
+    for sort in [Sort::PriceAscending, Sort::PriceDescending] {
+        for (min_price, max_price) in [(None, None), (Some(200), Some(300)), (None, Some(100))] {
+            let query = ListQuery {
+                sort,
+                min_price,
+                max_price,
+                ..base.clone()
+            };
+            let expected = all_at_once(&t.store, &query).await;
+            let in_bounds = (0..24)
+                .map(|n| 100 * (1 + n % 4))
+                .filter(|p| min_price.is_none_or(|m| *p >= m) && max_price.is_none_or(|m| *p <= m))
+                .count();
+            assert_eq!(expected.len(), in_bounds, "{query:?} read at once");
+            assert_eq!(paged(&t.store, &query, 1).await, expected, "{query:?}");
+        }
+    }
+}
