@@ -20,7 +20,8 @@ const ROUNDS: usize = 4;
 const WITHDRAWN_REASON: &str = "The seller withdrew this ticket";
 /// How long each run's withdrawal waits after its order is sent, by run, in
 /// the first round (later rounds stretch it, see [`next_stretch`]).
-const STAGGER_MS: [u64; 10] = [0, 5, 10, 20, 40, 80, 160, 320, 640, 1000];
+const STAGGER_MS: [u64; 10] = [0, 5, 10, 20, 40, 80, 160, 320, 640, LONGEST_STAGGER_MS];
+const LONGEST_STAGGER_MS: u64 = 1000;
 
 /// How one run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,7 @@ async fn withdrawing_while_another_user_orders_ends_one_way_or_the_other_and_ord
     // followed by one whose withdrawals wait longer (or shorter), so that
     // both sides of the race get to win, and the close calls between.
     let mut outcomes = Vec::new();
+    let (mut order_won, mut withdrawal_won) = (0, 0);
     let mut stretch = 1.0;
     for round in 0..ROUNDS {
         let buyer = shop.signup().await;
@@ -61,14 +63,13 @@ async fn withdrawing_while_another_user_orders_ends_one_way_or_the_other_and_ord
             race_round(&shop, &seller, &buyer, &witness, round, stretch).await;
         outcomes.extend(ended);
         let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
-        let (order_won, withdrawal_won) = (
-            count(Outcome::OrderStands),
-            count(Outcome::WithdrawnOrderCancelled) + count(Outcome::WithdrawnOrderRefused),
-        );
+        order_won = count(Outcome::OrderStands);
+        withdrawal_won =
+            count(Outcome::WithdrawnOrderCancelled) + count(Outcome::WithdrawnOrderRefused);
         println!(
             "round {round} (withdrawals up to {:.0} ms after the order; the slowest order took {} ms): \
              so far order stands {order_won}, withdrawn and order cancelled {}, withdrawn and order refused {}",
-            stretch * STAGGER_MS[STAGGER_MS.len() - 1] as f64,
+            stretch * LONGEST_STAGGER_MS as f64,
             longest_order.as_millis(),
             count(Outcome::WithdrawnOrderCancelled),
             count(Outcome::WithdrawnOrderRefused),
@@ -78,13 +79,12 @@ async fn withdrawing_while_another_user_orders_ends_one_way_or_the_other_and_ord
         }
         stretch = next_stretch(stretch, order_won > 0, longest_order);
     }
-    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
     assert!(
-        count(Outcome::OrderStands) > 0,
+        order_won > 0,
         "no run where the order won in {ROUNDS} rounds: the race was not exercised"
     );
     assert!(
-        count(Outcome::WithdrawnOrderCancelled) + count(Outcome::WithdrawnOrderRefused) > 0,
+        withdrawal_won > 0,
         "no run where the withdrawal won in {ROUNDS} rounds: the race was not exercised"
     );
     shop.close().await;
@@ -94,11 +94,10 @@ async fn withdrawing_while_another_user_orders_ends_one_way_or_the_other_and_ord
 /// last withdrawals wait at least twice as long as the slowest order took;
 /// when only orders have won, they all wait a quarter as long.
 fn next_stretch(stretch: f64, an_order_won: bool, longest_order: Duration) -> f64 {
-    let last = STAGGER_MS[STAGGER_MS.len() - 1] as f64;
     if an_order_won {
         stretch / 4.0
     } else {
-        (stretch * 2.0).max(2.0 * longest_order.as_secs_f64() * 1000.0 / last)
+        (stretch * 2.0).max(2.0 * longest_order.as_secs_f64() * 1000.0 / LONGEST_STAGGER_MS as f64)
     }
 }
 
