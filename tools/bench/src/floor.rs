@@ -8,7 +8,9 @@
 //!   work: no session check, no validation, no database, no events.
 //! - **raw mongodb**: the official driver, with the services' default pool,
 //!   doing the route's database operations against the same server (reads
-//!   against the services' own collections, writes into a scratch database).
+//!   against the services' own collections, writes into a scratch database
+//!   whose collections carry the same indexes as the service's, copied from
+//!   them, so that each write maintains the same index entries).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::{TryStreamExt as _, future::BoxFuture};
+use mongodb::IndexModel;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -205,6 +208,49 @@ pub async fn run_ops(shape: Shape, op: Op) -> anyhow::Result<Throughput> {
     ))
 }
 
+/// argon2id hashes per second with the machine's cores to themselves: one
+/// thread per core hashing a password with the crate's default parameters
+/// (auth's) in memory of its own, reused, for `seconds` — what sign-in and
+/// sign-up can reach at most, each costing one hash.
+pub async fn argon2_per_second(seconds: f64) -> anyhow::Result<f64> {
+    use argon2::{Argon2, Block};
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let hashers: Vec<_> = (0..threads)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                let argon = Argon2::default();
+                let mut memory = vec![Block::default(); argon.params().block_count()];
+                let mut out = [0u8; 32];
+                let mut hashes = 0_u64;
+                while Instant::now() < until {
+                    argon
+                        .hash_password_into_with_memory(
+                            b"bench password",
+                            b"bench salt 16 by",
+                            &mut out,
+                            &mut memory,
+                        )
+                        .map_err(|e| anyhow::anyhow!("argon2 failed: {e}"))?;
+                    hashes += 1;
+                }
+                anyhow::Ok(hashes)
+            })
+        })
+        .collect();
+    let begun = Instant::now();
+    let mut hashes = 0;
+    for hasher in hashers {
+        hashes += hasher.await.context("an argon2 thread panicked")??;
+    }
+    Ok(stats::round(hashes as f64 / begun.elapsed().as_secs_f64()))
+}
+
+/// The database the writing floors write into.
+const SCRATCH: &str = "bench_floor";
+
+type Collection = mongodb::Collection<Document>;
+
 /// The raw-driver versions of the routes' database work.
 pub struct MongoFloors {
     client: mongodb::Client,
@@ -255,22 +301,7 @@ impl MongoFloors {
     /// under a unique index on email (and hashes the password in between,
     /// which no floor does).
     pub async fn signup_user(&self) -> anyhow::Result<Op> {
-        let users = self
-            .client
-            .database("bench_floor")
-            .collection::<Document>("users");
-        users
-            .create_index(
-                mongodb::IndexModel::builder()
-                    .keys(doc! {"email": 1})
-                    .options(
-                        mongodb::options::IndexOptions::builder()
-                            .unique(true)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .await?;
+        let users = self.scratch("auth", "users").await?;
         let run = std::process::id();
         Ok(Arc::new(move |n| {
             let users = users.clone();
@@ -291,29 +322,30 @@ impl MongoFloors {
         }))
     }
 
-    /// `POST /api/tickets` inserts the ticket with its event in its outbox.
-    pub fn insert_ticket(&self) -> Op {
-        let tickets = self
-            .client
-            .database("bench_floor")
-            .collection::<Document>("tickets");
-        Arc::new(move |n| {
+    /// `POST /api/tickets` inserts the ticket (titled `title`, as the
+    /// route's, with its search keys) with its event in its outbox.
+    pub async fn insert_ticket(&self, title: &str) -> anyhow::Result<Op> {
+        let tickets = self.scratch("tickets", "tickets").await?;
+        let title = title.to_owned();
+        let prefixes = tickets::search::prefixes(&title);
+        Ok(Arc::new(move |_| {
             let tickets = tickets.clone();
+            let (title, prefixes) = (title.clone(), prefixes.clone());
             Box::pin(async move {
                 let id = ObjectId::new();
                 let payload = format!(
-                    r#"{{"id":"{id}","version":0,"title":"floor {n}","price":20,"userId":"0123456789abcdef01234567"}}"#
+                    r#"{{"id":"{id}","version":0,"title":"{title}","price":25,"userId":"0123456789abcdef01234567"}}"#
                 );
                 tickets
                     .insert_one(doc! {
-                        "_id": id, "title": format!("floor {n}"), "price": 2000_i64,
+                        "_id": id, "title": title, "prefixes": prefixes, "price": 2500_i64,
                         "userId": "0123456789abcdef01234567", "version": 0_i64,
                         "outbox": [{"id": format!("ticket.created:{id}:0"), "subject": "ticket.created", "schemaVersion": 1, "payload": payload}],
                     })
                     .await?;
                 Ok(())
             })
-        })
+        }))
     }
 
     /// `GET /api/tickets`: the newest 100 unreserved tickets.
@@ -367,16 +399,12 @@ impl MongoFloors {
     /// slots, claims a slot and the ticket (one hold document each), then
     /// inserts the order with its event in its outbox (see orders'
     /// `store::holds`).
-    pub fn create_order(&self) -> Op {
-        let replica = self
-            .client
-            .database("orders")
-            .collection::<Document>("tickets");
-        let floor = self.client.database("bench_floor");
-        let orders = floor.collection::<Document>("orders");
-        let holds = floor.collection::<Document>("holds");
+    pub async fn create_order(&self) -> anyhow::Result<Op> {
+        let replica = self.orders_replica();
+        let orders = self.scratch("orders", "orders").await?;
+        let holds = self.scratch("orders", "holds").await?;
         let ids = Arc::clone(&self.ticket_ids);
-        Arc::new(move |n| {
+        Ok(Arc::new(move |n| {
             let replica = replica.clone();
             let orders = orders.clone();
             let holds = holds.clone();
@@ -413,11 +441,50 @@ impl MongoFloors {
                     .await?;
                 Ok(())
             })
-        })
+        }))
+    }
+
+    /// A collection of the scratch database named as the service's
+    /// `database.collection`, emptied, with the service collection's indexes.
+    async fn scratch(&self, database: &str, collection: &str) -> anyhow::Result<Collection> {
+        let service = self
+            .client
+            .database(database)
+            .collection::<Document>(collection);
+        let scratch = self
+            .client
+            .database(SCRATCH)
+            .collection::<Document>(&format!("{database}_{collection}"));
+        scratch.drop().await?;
+        let indexes: Vec<IndexModel> = service
+            .list_indexes()
+            .await
+            .with_context(|| format!("cannot list the indexes of {database}.{collection}"))?
+            .try_collect()
+            .await?;
+        let indexes: Vec<IndexModel> = indexes
+            .into_iter()
+            .filter(|index| index.keys != doc! {"_id": 1})
+            .map(|mut index| {
+                // The listing's version field is the server's to choose.
+                if let Some(options) = index.options.as_mut() {
+                    options.version = None;
+                }
+                index
+            })
+            .collect();
+        anyhow::ensure!(
+            !indexes.is_empty() || collection == "holds",
+            "{database}.{collection} has no index but _id's: has the service started?"
+        );
+        if !indexes.is_empty() {
+            scratch.create_indexes(indexes).await?;
+        }
+        Ok(scratch)
     }
 
     /// Drops the scratch database.
     pub async fn clean_up(&self) {
-        let _ = self.client.database("bench_floor").drop().await;
+        let _ = self.client.database(SCRATCH).drop().await;
     }
 }

@@ -45,7 +45,8 @@ use crate::api::{Api, User};
 use crate::floor::{BareFleet, Canned, MongoFloors};
 use crate::load::{Req, Shape};
 use crate::report::{Report, RouteResult, Settings};
-use crate::system::{Memory, Quiet};
+use crate::stats::Throughput;
+use crate::system::{CpuProbe, CpuUse, Memory, Quiet};
 
 /// The services' start-up is timed this many times each.
 const STARTUP_RUNS: usize = 3;
@@ -58,6 +59,11 @@ const CLIENTS: usize = 400;
 /// The purchase race: tickets, and buyers for each.
 const RACE_TICKETS: usize = 20;
 const RACE_BUYERS: usize = 50;
+/// The title of the tickets POST /api/tickets lists.
+const TICKET_TITLE: &str = "bench";
+/// The buyers POST /api/orders is run by, each holding a session the bench
+/// signed (no sign-up: orders trusts the session, not auth's database).
+const ORDER_BUYERS: usize = 8192;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     match std::env::var(name) {
@@ -115,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
             ("RUST_LOG", settings.service_log.as_str()),
             // A few buyers stand for thousands (up to 950 pending orders).
             ("MAX_ACTIVE_ORDERS_PER_USER", "100000"),
+            // POST /api/orders is run by buyers whose sessions the bench
+            // signs itself, with the test kit's key.
+            ("JWT_KEY", testkit::JWT_KEY),
             // The purchase race sends 1,000 orders at once: it measures who
             // wins, not the in-flight bound's shedding.
             ("MAX_IN_FLIGHT_REQUESTS", "4096"),
@@ -169,6 +178,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
     quiet.settle(Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = idle_memory(stack);
+    let cpu = CpuProbe::new(idle.iter().map(|(name, pid, _)| (name.clone(), *pid)));
 
     progress(begun, "signing up users, listing the seed tickets");
     let people = People::sign_up(&api).await?;
@@ -193,10 +203,11 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
             ..shape
         },
         quiet: &quiet,
+        cpu: &cpu,
     };
     let seller_cookie = HeaderValue::from_str(&people.seller.cookie)?;
 
-    let (mut routes, auth_signin_peak_mib) =
+    let (mut routes, auth) =
         auth_routes(&runs, stack, &api, &seller_cookie, &floors, settings, begun).await?;
     let (reads, limits) = ticket_reads(&runs, stack, &seed, &floors, begun).await?;
     routes.extend(reads);
@@ -205,7 +216,7 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
     let (concurrency, race) = contention_scenarios(&api, &people, &floors, &quiet, begun).await?;
     let (created, pool) = post_tickets(&runs, &seller_cookie, &floors, begun).await?;
     routes.push(created);
-    routes.push(post_orders(&runs, &pool, &people.buyers, &seed, &floors, begun).await?);
+    routes.push(post_orders(&runs, &pool, &seed, &floors, begun).await?);
     floors.clean_up().await;
     drop(bare);
 
@@ -231,7 +242,8 @@ async fn measure(stack: &mut Stack, settings: &Settings, begun: Instant) -> anyh
         memory: memory_now(&idle),
         startup,
         orders_pool: pool.len(),
-        auth_signin_peak_mib,
+        auth_signin_peak_mib: auth.peak_mib,
+        argon2_per_second: Some(auth.argon2_per_second),
         targets: Vec::new(),
         limits: Some(limits),
         listing: Some(listing),
@@ -318,7 +330,7 @@ async fn auth_routes(
     floors: &MongoFloors,
     settings: &Settings,
     begun: Instant,
-) -> anyhow::Result<(Vec<RouteResult>, Option<f64>)> {
+) -> anyhow::Result<(Vec<RouteResult>, AuthFigures)> {
     progress(begun, "GET /api/users/currentuser");
     let make: load::MakeRequest = {
         let cookie = seller_cookie.clone();
@@ -374,6 +386,8 @@ async fn auth_routes(
         .pid("auth")
         .and_then(system::memory_kib)
         .map(|(_, peak)| system::mib(peak));
+    let argon2 = floor::argon2_per_second(settings.floor_seconds).await?;
+    eprintln!("bench           argon2id alone: {argon2:.1} hashes/s");
 
     progress(begun, "POST /api/users/signup");
     let make: load::MakeRequest = {
@@ -402,7 +416,21 @@ async fn auth_routes(
         floor,
     );
     routes.push(signup.await?);
-    Ok((routes, peak_mib))
+    Ok((
+        routes,
+        AuthFigures {
+            peak_mib,
+            argon2_per_second: argon2,
+        },
+    ))
+}
+
+/// What the sign-in burst showed of auth beside its routes.
+struct AuthFigures {
+    /// auth's peak resident set right after it, MiB.
+    peak_mib: Option<f64>,
+    /// argon2id hashes/s with the cores to themselves.
+    argon2_per_second: f64,
 }
 
 /// The reading routes of tickets, and the cost of the edge's limits on one.
@@ -544,7 +572,7 @@ async fn post_tickets(
     let created_ids = Arc::new(Mutex::new(Vec::<String>::new()));
     let make: load::MakeRequest = {
         let cookie = seller_cookie.clone();
-        let body = Bytes::from(json!({"title": "bench", "price": 25}).to_string());
+        let body = Bytes::from(json!({"title": TICKET_TITLE, "price": 25}).to_string());
         Arc::new(move |_| Some(Req::post("/api/tickets", body.clone()).cookie(&cookie)))
     };
     let check: load::Check = {
@@ -565,7 +593,10 @@ async fn post_tickets(
             true
         })
     };
-    let floor = Some(("insert_one(ticket + outbox)", floors.insert_ticket()));
+    let floor = Some((
+        "insert_one(ticket + outbox)",
+        floors.insert_ticket(TICKET_TITLE).await?,
+    ));
     let result = route("POST /api/tickets", runs, make, None, check, floor).await?;
     let replicated = runs.quiet.settle(Duration::from_secs(180)).await?;
     progress(
@@ -579,12 +610,12 @@ async fn post_tickets(
     Ok((result, pool))
 }
 
-/// POST /api/orders of the tickets `pool` holds, each once, by the buyers
-/// in turn.
+/// POST /api/orders of the tickets `pool` holds, each once, each by a buyer
+/// of its own while there are buyers ([`ORDER_BUYERS`]): a real buyer holds
+/// at most a few pending orders, and each order reads its buyer's.
 async fn post_orders(
     runs: &Runs<'_>,
     pool: &[String],
-    buyers: &[User],
     seed: &[String],
     floors: &MongoFloors,
     begun: Instant,
@@ -592,31 +623,32 @@ async fn post_orders(
     progress(begun, "POST /api/orders");
     let pool: Arc<Vec<String>> = Arc::new(pool.to_vec());
     let cookies: Arc<Vec<HeaderValue>> = Arc::new(
-        buyers
-            .iter()
-            .map(|b| HeaderValue::from_str(&b.cookie))
+        (0..ORDER_BUYERS)
+            .map(|_| HeaderValue::from_str(&testkit::signin()))
             .collect::<Result<_, _>>()?,
     );
     let next = Arc::new(AtomicUsize::new(0));
     let make: load::MakeRequest = {
         let cookies = Arc::clone(&cookies);
-        Arc::new(move |worker| {
+        Arc::new(move |_| {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let id = pool.get(i)?;
             let body = Bytes::from(format!(r#"{{"ticketId":"{id}"}}"#));
-            Some(Req::post("/api/orders", body).cookie(&cookies[worker % cookies.len()]))
+            Some(Req::post("/api/orders", body).cookie(&cookies[i % cookies.len()]))
         })
     };
     // The bare handler reserves nothing: any id will do, again and again.
     let bare_make: load::MakeRequest = {
+        let next = AtomicUsize::new(0);
         let body = Bytes::from(format!(r#"{{"ticketId":"{}"}}"#, seed[0]));
-        Arc::new(move |worker| {
-            Some(Req::post("/api/orders", body.clone()).cookie(&cookies[worker % cookies.len()]))
+        Arc::new(move |_| {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            Some(Req::post("/api/orders", body.clone()).cookie(&cookies[i % cookies.len()]))
         })
     };
     let floor = Some((
         "find_one(replica) + find(buyer's slots) + insert_one(slot hold) + insert_one(ticket hold) + insert_one(order + outbox)",
-        floors.create_order(),
+        floors.create_order().await?,
     ));
     route(
         "POST /api/orders",
@@ -639,6 +671,8 @@ struct Runs<'a> {
     /// The floors' runs (shorter: they are steady).
     floor: Shape,
     quiet: &'a Quiet,
+    /// The processes each run's CPU time is read from.
+    cpu: &'a CpuProbe,
 }
 
 /// One route: the service through the ingress, then the bare-axum floor
@@ -655,18 +689,20 @@ async fn route(
 ) -> anyhow::Result<RouteResult> {
     let settle = Duration::from_secs(180);
     runs.quiet.settle(settle).await?;
-    let service = load::run(runs.ingress, runs.shape, Arc::clone(&make), check).await?;
+    let service = load::run(runs.ingress, runs.shape, Arc::clone(&make), check);
+    let service = charged(runs.cpu, runs.shape, service).await?;
     runs.quiet.settle(settle).await?;
     let bare = load::run(
         runs.bare,
         runs.floor,
         bare_make.unwrap_or(make),
         Arc::new(|status, _| status < 400),
-    )
-    .await?;
+    );
+    let bare = charged(runs.cpu, runs.floor, bare).await?;
     let mongo = match mongo {
         Some((operation, op)) => {
-            Some((operation.to_owned(), floor::run_ops(runs.floor, op).await?))
+            let floor = charged(runs.cpu, runs.floor, floor::run_ops(runs.floor, op)).await?;
+            Some((operation.to_owned(), floor))
         }
         None => None,
     };
@@ -687,6 +723,20 @@ async fn route(
             )),
     );
     Ok(result)
+}
+
+/// A run and the CPU time its measured part cost (from the end of its
+/// warm-up for its duration), shared among the requests it measured.
+async fn charged(
+    probe: &CpuProbe,
+    shape: Shape,
+    run: impl Future<Output = anyhow::Result<Throughput>>,
+) -> anyhow::Result<(Throughput, CpuUse)> {
+    let from = Instant::now() + shape.warmup;
+    let (result, window) = tokio::join!(run, probe.window(from, from + shape.duration));
+    let result = result?;
+    let cpu = probe.between(&window, result.requests);
+    Ok((result, cpu))
 }
 
 /// Real answers for the bare handlers to replay.

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::scenarios::{Concurrency, Expiration, Propagation, Race};
 use crate::stats::{self, Throughput};
-use crate::system::{Memory, Startup};
+use crate::system::{CpuUse, Memory, Startup};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -71,6 +71,7 @@ pub struct MongoFloor {
     pub result: Throughput,
     /// service req/s ÷ floor ops/s.
     pub ratio: f64,
+    pub cpu: CpuUse,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +82,9 @@ pub struct RouteResult {
     /// service req/s ÷ bare-axum req/s.
     pub ratio_bare_axum: f64,
     pub raw_mongo: Option<MongoFloor>,
+    /// Where the service's run spent CPU time, and the bare floor's.
+    pub service_cpu: CpuUse,
+    pub bare_axum_cpu: CpuUse,
 }
 
 fn ratio(service: &Throughput, floor: &Throughput) -> f64 {
@@ -94,20 +98,23 @@ fn ratio(service: &Throughput, floor: &Throughput) -> f64 {
 impl RouteResult {
     pub fn new(
         route: &str,
-        service: Throughput,
-        bare: Throughput,
-        mongo: Option<(String, Throughput)>,
+        (service, service_cpu): (Throughput, CpuUse),
+        (bare, bare_axum_cpu): (Throughput, CpuUse),
+        mongo: Option<(String, (Throughput, CpuUse))>,
     ) -> Self {
         Self {
             route: route.to_owned(),
             ratio_bare_axum: ratio(&service, &bare),
-            raw_mongo: mongo.map(|(operation, result)| MongoFloor {
+            raw_mongo: mongo.map(|(operation, (result, cpu))| MongoFloor {
                 operation,
                 ratio: ratio(&service, &result),
                 result,
+                cpu,
             }),
             service,
             bare_axum: bare,
+            service_cpu,
+            bare_axum_cpu,
         }
     }
 }
@@ -130,6 +137,10 @@ pub struct Report {
     pub orders_pool: usize,
     /// auth's peak resident set (VmHWM) right after the sign-in burst, MiB.
     pub auth_signin_peak_mib: Option<f64>,
+    /// argon2id hashes/s of the machine's cores alone (auth's parameters):
+    /// the most sign-ins or sign-ups it can serve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_per_second: Option<f64>,
     /// Each target of the report, met or not (see [`crate::targets`]).
     pub targets: Vec<crate::targets::Target>,
     /// GET /api/tickets/:id with the limits off and on.
@@ -168,6 +179,7 @@ pub fn markdown(r: &Report) -> String {
         header,
         targets,
         http,
+        cpu,
         propagation,
         expiration,
         contention,
@@ -295,6 +307,93 @@ fn http(out: &mut String, r: &Report) {
             let _ = writeln!(out, "- {} floor: `{}`", route.route, f.operation);
         }
     }
+}
+
+/// The processes the CPU table shows one by one; the rest are summed.
+const CPU_COLUMNS: [&str; 6] = ["bench", "auth", "tickets", "orders", "mongo", "nats"];
+
+/// Where each run's CPU time went, per request, and what that makes of the
+/// writing routes' floors: a route that added nothing to its database
+/// floor but HTTP would still pay the bare floor's CPU and the raw floor's.
+fn cpu(out: &mut String, r: &Report) {
+    let _ = writeln!(
+        out,
+        "\n**Where the CPU goes** — CPU time (user + system, from `/proc`) per request in µs, over each run's measured part; \
+         *bench* is the load generator, the ingress and the bare-axum floor (one process); *machine* is every CPU's busy time \
+         (all processes), *cores* how many of the {} were busy on average.\n",
+        r.machine.cpus
+    );
+    let _ = writeln!(
+        out,
+        "| route | run | req/s | {} | other | machine | cores |",
+        CPU_COLUMNS.join(" | ")
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|{}---:|---:|---:|",
+        "---:|".repeat(CPU_COLUMNS.len())
+    );
+    for route in &r.routes {
+        let mut runs = vec![
+            ("service", &route.service, &route.service_cpu),
+            ("bare axum", &route.bare_axum, &route.bare_axum_cpu),
+        ];
+        if let Some(f) = &route.raw_mongo {
+            runs.push(("raw mongodb", &f.result, &f.cpu));
+        }
+        for (run, throughput, cpu) in runs {
+            let shown: Vec<String> = CPU_COLUMNS.iter().map(|p| us(cpu.of(p))).collect();
+            let other: f64 = cpu
+                .processes
+                .iter()
+                .filter(|p| !CPU_COLUMNS.contains(&p.process.as_str()))
+                .map(|p| p.us_per_request)
+                .sum();
+            let _ = writeln!(
+                out,
+                "| {} | {run} | {} | {} | {} | {} | {:.2} |",
+                route.route,
+                rate(throughput.per_second),
+                shown.join(" | "),
+                us(other),
+                us(cpu.machine_us_per_request),
+                cpu.busy_cores
+            );
+        }
+    }
+    let _ = writeln!(out);
+    for route in r.routes.iter().filter(|x| x.route.starts_with("POST")) {
+        let Some(f) = &route.raw_mongo else { continue };
+        let floor_us = route.bare_axum_cpu.machine_us_per_request + f.cpu.machine_us_per_request;
+        if floor_us <= 0.0 || f.result.per_second <= 0.0 {
+            continue;
+        }
+        let ceiling = r.machine.cpus as f64 * 1e6 / floor_us;
+        let _ = writeln!(
+            out,
+            "- {}: the bare floor's {} µs + the raw floor's {} µs of machine CPU per request: the cores would allow {} req/s, \
+             {} of the raw floor{}; the service's run used {} µs per request ({:.1}× the two floors').",
+            route.route,
+            us(route.bare_axum_cpu.machine_us_per_request),
+            us(f.cpu.machine_us_per_request),
+            rate(ceiling),
+            pct(ceiling / f.result.per_second),
+            if f.cpu.busy_cores < 0.9 * r.machine.cpus as f64 {
+                format!(
+                    " (the raw floor kept only {:.2} of the {} cores busy: it is bound by the server, not by CPU)",
+                    f.cpu.busy_cores, r.machine.cpus
+                )
+            } else {
+                String::new()
+            },
+            us(route.service_cpu.machine_us_per_request),
+            route.service_cpu.machine_us_per_request / floor_us,
+        );
+    }
+}
+
+fn us(value: f64) -> String {
+    format!("{value:.0}")
 }
 
 /// Event propagation.
