@@ -158,3 +158,65 @@ async fn a_large_backlog_goes_out_in_batches_each_document_in_order_and_leaves_n
     // Nothing left to publish: a second pass publishes nothing.
     assert_eq!(relay.publish_pending().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_scan_reads_through_the_relay_s_index_only_the_documents_with_entries() {
+    let bus = Bus::connect(testkit::bus_config()).await.expect("bus");
+    let database = testkit::database("outbox").await;
+    let collection = database.collection::<Document>("records");
+    // Drained documents (an empty outbox, or none at all) and one with an
+    // entry, which is all a scan may read.
+    let waiting = ObjectId::new();
+    let entry = outbox::OutboxEvent::of(&ticket_created(waiting))
+        .unwrap()
+        .to_bson()
+        .unwrap();
+    let mut documents: Vec<Document> = (0..50)
+        .map(|n| match n % 2 {
+            0 => doc! { "_id": ObjectId::new(), "version": 0, "outbox": [] },
+            _ => doc! { "_id": ObjectId::new(), "version": 0 },
+        })
+        .collect();
+    documents.push(doc! { "_id": waiting, "version": 0, "outbox": [entry] });
+    collection.insert_many(documents).await.unwrap();
+
+    let (relay, _outbox) = Relay::new(bus.clone(), collection.clone());
+    relay.ensure_index().await.unwrap();
+    let names = collection.list_index_names().await.unwrap();
+    assert!(names.iter().any(|n| n == outbox::INDEX), "{names:?}");
+    // The scan's query is answered from the index.
+    let plan = database
+        .run_command(doc! {
+            "explain": { "find": "records", "filter": outbox::pending(doc! {}) },
+        })
+        .await
+        .unwrap()
+        .to_string();
+    assert!(
+        plan.contains(outbox::INDEX) && plan.contains("IXSCAN"),
+        "{plan}"
+    );
+
+    assert_eq!(relay.backlog().await.unwrap(), 1);
+    assert_eq!(relay.scan().await.unwrap(), 1);
+    assert_eq!(
+        relay.backlog().await.unwrap(),
+        0,
+        "the entry was pulled out"
+    );
+    let created = testkit::wait_for_published::<TicketCreated>(&bus, 1).await;
+    assert_eq!(created[0].id, waiting.to_hex());
+    // A document that gets an entry again is found again.
+    let again = outbox::OutboxEvent::of(&ticket_updated(waiting, 1))
+        .unwrap()
+        .to_bson()
+        .unwrap();
+    collection
+        .update_one(
+            doc! { "_id": waiting },
+            doc! { "$push": { "outbox": again } },
+        )
+        .await
+        .unwrap();
+    assert_eq!(relay.backlog().await.unwrap(), 1);
+}

@@ -140,9 +140,8 @@ impl Quiet {
         Ok((backlog, last))
     }
 
-    /// Documents with outbox entries still to publish. A collection scan on
-    /// the server (nothing can index "the array is not empty"), so it is only
-    /// asked once the stream looks quiet.
+    /// Documents with outbox entries still to publish (through the relays'
+    /// index); only asked once the stream looks quiet.
     async fn outbox_backlog(&self) -> anyhow::Result<u64> {
         let mut backlog = 0;
         for (db, collection) in [
@@ -154,7 +153,7 @@ impl Quiet {
                 .mongo
                 .database(db)
                 .collection::<mongodb::bson::Document>(collection)
-                .count_documents(doc! {"outbox.0": {"$exists": true}})
+                .count_documents(common::outbox::pending(doc! {}))
                 .await?;
         }
         Ok(backlog)
