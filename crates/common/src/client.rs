@@ -16,6 +16,7 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
+    sync::Arc,
 };
 
 use axum::{
@@ -23,9 +24,11 @@ use axum::{
     http::{HeaderMap, request::Parts},
 };
 
-/// Addresses and CIDR blocks whose `X-Forwarded-For` is believed.
+/// Addresses and CIDR blocks whose `X-Forwarded-For` is believed. Shared,
+/// not copied, when cloned: it sits in a service's state, which axum clones
+/// for every request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<Block>);
+pub struct TrustedProxies(Arc<[Block]>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Block {
@@ -146,7 +149,7 @@ impl FromStr for TrustedProxies {
                 prefix,
             });
         }
-        Ok(Self(blocks))
+        Ok(Self(blocks.into()))
     }
 }
 
