@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import {
-  eventually, launch, listed, secondsLeft, sellTicket, signUp, submitUntil, uniqueEmail, uniqueTitle, visitor, withScreenshot,
+  eventually, launch, listed, paid, payWith, secondsLeft, sellTicket, signUp, submitUntil, uniqueEmail, uniqueTitle,
+  visitor, withScreenshot,
 } from './support.mjs';
 
 let browser;
@@ -57,9 +58,8 @@ test('a seller lists a ticket and a buyer buys it, pays with the test card and f
     const cardNumber = buyer.locator('input[name=cardnumber]');
     await testCard.or(cardNumber).waitFor({ timeout: 20_000 });
     if (await cardNumber.count() > 0) {
-      await cardNumber.fill('4242 4242 4242 4242');
-      await buyer.getByRole('button', { name: 'Pay $12.50' }).click();
-      await buyer.getByRole('heading', { name: 'Paid' }).waitFor({ timeout: 30_000 });
+      await payWith(buyer, '4242 4242 4242 4242');
+      await paid(buyer);
     } else {
       await submitUntil(buyer, 'Pay with test card', /^\/orders$/);
       await buyer.getByText('Payment received').waitFor();

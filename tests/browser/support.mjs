@@ -2,6 +2,7 @@
 // playwright-core (installed into .dev/node by scripts/bootstrap.sh — never
 // `playwright install`), against the fleet `dev fleet` starts (BASE_URL).
 
+import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -131,6 +132,18 @@ export async function submit(page, button) {
     page.waitForNavigation({ waitUntil: 'domcontentloaded' }),
     page.getByRole('button', { name: button, exact: true }).click(),
   ]);
+}
+
+/** Pays a $12.50 order with `number` in Stripe's card form (the fake's Card Element). */
+export async function payWith(page, number) {
+  await page.locator('input[name=cardnumber]').fill(number);
+  await page.getByRole('button', { name: 'Pay $12.50' }).click();
+}
+
+/** Waits for the order page to say Paid, its status `complete`. */
+export async function paid(page) {
+  await page.getByRole('heading', { name: 'Paid' }).waitFor({ timeout: 30_000 });
+  assert.match(await page.locator('.status').innerText(), /complete/);
 }
 
 /** Reloads `path` until `check(page)` holds, or fails after `timeout`. */

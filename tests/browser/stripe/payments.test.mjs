@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import {
-  launch, sellTicket, signUp, submitUntil, uniqueEmail, uniqueTitle, visitor, withScreenshot,
+  launch, paid, payWith, sellTicket, signUp, submitUntil, uniqueEmail, uniqueTitle, visitor, withScreenshot,
 } from '../support.mjs';
 
 let browser;
@@ -48,16 +48,6 @@ async function stripe(method, path, form) {
   const body = await response.json();
   assert.ok(response.ok, `${method} ${path}: ${JSON.stringify(body)}`);
   return body;
-}
-
-async function payWith(page, number) {
-  await page.locator('input[name=cardnumber]').fill(number);
-  await page.getByRole('button', { name: 'Pay $12.50' }).click();
-}
-
-async function paid(page) {
-  await page.getByRole('heading', { name: 'Paid' }).waitFor({ timeout: 30_000 });
-  assert.match(await page.locator('.status').innerText(), /complete/);
 }
 
 test('a plain card pays: Processing… until the webhook lands, then Paid', { timeout: 120_000 }, async () => {
