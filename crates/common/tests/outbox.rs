@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use common::{
     bus::Bus,
-    events::{TicketCreated, TicketUpdated},
+    events::{Event, TicketCreated, TicketUpdated},
     money::Money,
     outbox::{self, Relay},
 };
-use mongodb::bson::{Document, doc, oid::ObjectId};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use tokio_util::sync::CancellationToken;
 
 fn ticket_created(id: ObjectId) -> TicketCreated {
@@ -25,6 +25,11 @@ fn ticket_updated(id: ObjectId, version: i64) -> TicketUpdated {
     }
 }
 
+/// `event` as an outbox entry, as a writer stores it.
+fn entry(event: &impl Event) -> Bson {
+    outbox::OutboxEvent::of(event).unwrap().to_bson().unwrap()
+}
+
 async fn setup() -> (Bus, mongodb::Collection<Document>) {
     let bus = Bus::connect(testkit::bus_config()).await.expect("bus");
     let collection = testkit::database("outbox")
@@ -38,14 +43,8 @@ async fn entries_written_while_no_relay_ran_are_published_by_the_next_one_in_ord
     let (bus, collection) = setup().await;
     let id = ObjectId::new();
     // The write a crashed service left behind: state and events, never published.
-    let created = outbox::OutboxEvent::of(&ticket_created(id))
-        .unwrap()
-        .to_bson()
-        .unwrap();
-    let updated = outbox::OutboxEvent::of(&ticket_updated(id, 1))
-        .unwrap()
-        .to_bson()
-        .unwrap();
+    let created = entry(&ticket_created(id));
+    let updated = entry(&ticket_updated(id, 1));
     collection
         .insert_one(doc! { "_id": id, "version": 1, "outbox": [created, updated] })
         .await
@@ -84,12 +83,9 @@ async fn a_hint_publishes_at_once_and_a_republish_is_stored_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let id = ObjectId::new();
-    let entry = outbox::OutboxEvent::of(&ticket_created(id))
-        .unwrap()
-        .to_bson()
-        .unwrap();
+    let created = entry(&ticket_created(id));
     collection
-        .insert_one(doc! { "_id": id, "outbox": [entry.clone()] })
+        .insert_one(doc! { "_id": id, "outbox": [created.clone()] })
         .await
         .unwrap();
     outbox.wake(id);
@@ -97,7 +93,7 @@ async fn a_hint_publishes_at_once_and_a_republish_is_stored_once() {
 
     // A relay that died after publishing but before clearing: the entry comes back.
     collection
-        .update_one(doc! { "_id": id }, doc! { "$push": { "outbox": entry } })
+        .update_one(doc! { "_id": id }, doc! { "$push": { "outbox": created } })
         .await
         .unwrap();
     outbox.wake(id);
@@ -120,15 +116,12 @@ async fn a_large_backlog_goes_out_in_batches_each_document_in_order_and_leaves_n
     let documents: Vec<Document> = ids
         .iter()
         .map(|&id| {
-            let entries: Vec<_> = [
-                outbox::OutboxEvent::of(&ticket_created(id)).unwrap(),
-                outbox::OutboxEvent::of(&ticket_updated(id, 1)).unwrap(),
-                outbox::OutboxEvent::of(&ticket_updated(id, 2)).unwrap(),
-            ]
-            .iter()
-            .map(|entry| entry.to_bson().unwrap())
-            .collect();
-            doc! { "_id": id, "version": 2, "outbox": entries }
+            let entries = [
+                entry(&ticket_created(id)),
+                entry(&ticket_updated(id, 1)),
+                entry(&ticket_updated(id, 2)),
+            ];
+            doc! { "_id": id, "version": 2, "outbox": entries.to_vec() }
         })
         .collect();
     collection.insert_many(documents).await.unwrap();
@@ -167,17 +160,14 @@ async fn a_scan_reads_through_the_relay_s_index_only_the_documents_with_entries(
     // Drained documents (an empty outbox, or none at all) and one with an
     // entry, which is all a scan may read.
     let waiting = ObjectId::new();
-    let entry = outbox::OutboxEvent::of(&ticket_created(waiting))
-        .unwrap()
-        .to_bson()
-        .unwrap();
+    let created = entry(&ticket_created(waiting));
     let mut documents: Vec<Document> = (0..50)
         .map(|n| match n % 2 {
             0 => doc! { "_id": ObjectId::new(), "version": 0, "outbox": [] },
             _ => doc! { "_id": ObjectId::new(), "version": 0 },
         })
         .collect();
-    documents.push(doc! { "_id": waiting, "version": 0, "outbox": [entry] });
+    documents.push(doc! { "_id": waiting, "version": 0, "outbox": [created] });
     collection.insert_many(documents).await.unwrap();
 
     let (relay, _outbox) = Relay::new(bus.clone(), collection.clone());
@@ -207,10 +197,7 @@ async fn a_scan_reads_through_the_relay_s_index_only_the_documents_with_entries(
     let created = testkit::wait_for_published::<TicketCreated>(&bus, 1).await;
     assert_eq!(created[0].id, waiting.to_hex());
     // A document that gets an entry again is found again.
-    let again = outbox::OutboxEvent::of(&ticket_updated(waiting, 1))
-        .unwrap()
-        .to_bson()
-        .unwrap();
+    let again = entry(&ticket_updated(waiting, 1));
     collection
         .update_one(
             doc! { "_id": waiting },
